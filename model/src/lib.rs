@@ -1,1 +1,60 @@
-//! model
+//! PaliGemma (SigLIP vision tower, linear projector, Gemma decoder) on dfdx 0.13.
+//!
+//! Numerically the model of Hugging Face transformers' `PaliGemmaForConditionalGeneration`
+//! (see `tests/oracle.rs`); weights load from and save to its safetensors names.
+//!
+//! - [`config`]: model dimensions, presets, transformers' `config.json`.
+//! - [`layers`]: linear, LayerNorm, RMSNorm, the parameter visitor.
+//! - [`attention`]: the batch contract's attention mask, RoPE, multi-/grouped-query attention.
+//! - [`siglip`], [`gemma`], [`paligemma`]: the towers and the whole model.
+//! - [`input`]: [`ModelInput`], the model's view of the pipeline's batch contract.
+//! - [`loss`]: weighted cross-entropy from logits.
+//! - [`checkpoint`]: Hugging Face safetensors in and out.
+//! - [`decode`]: greedy and beam search with a KV cache.
+//! - [`optim`]: AdamW over the model's parameters.
+//! - [`bench`]: timing of forward and training steps.
+
+pub mod attention;
+pub mod bench;
+pub mod checkpoint;
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod gemma;
+pub mod input;
+pub mod layers;
+pub mod loss;
+pub mod optim;
+pub mod paligemma;
+pub mod siglip;
+
+// pub use bench::{BenchReport, bench};
+pub use checkpoint::NameLayout;
+pub use config::{PaliGemmaConfig, TextConfig, VisionConfig};
+// pub use decode::{BeamOptions, Generation, Prompt, beam_search, greedy};
+pub use error::ModelError;
+pub use input::ModelInput;
+pub use loss::LossOptions;
+pub use optim::{AdamW, AdamWConfig};
+pub use paligemma::PaliGemma;
+
+/// The device every tensor lives on: the CPU, or with the `cuda` feature the first GPU.
+#[cfg(not(feature = "cuda"))]
+pub type Dev = dfdx::tensor::Cpu;
+/// The device every tensor lives on: the CPU, or with the `cuda` feature the first GPU.
+#[cfg(feature = "cuda")]
+pub type Dev = dfdx::tensor::Cuda;
+
+/// A tape recording operations for backward.
+pub type TrainTape = dfdx::tensor::OwnedTape<f32, Dev>;
+/// A vector (biases, norm weights).
+pub type Vector = dfdx::tensor::Tensor<(usize,), f32, Dev>;
+/// A matrix (linear weights), rows first; activations are `[rows, features]` matrices.
+pub type Matrix<T = dfdx::tensor::NoneTape> = dfdx::tensor::Tensor<(usize, usize), f32, Dev, T>;
+/// Gradients of a backward pass, keyed by tensor.
+pub type Gradients = dfdx::tensor::Gradients<f32, Dev>;
+
+/// Creates the device (CPU, or GPU 0 with the `cuda` feature).
+pub fn device() -> Dev {
+    Dev::default()
+}

@@ -1,0 +1,1 @@
+//! Timing of forward passes and training steps.

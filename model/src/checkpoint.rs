@@ -1,0 +1,349 @@
+//! Hugging Face safetensors checkpoints in and out.
+//!
+//! Loading accepts every name layout in use for PaliGemma: transformers 5's
+//! (`vision_tower.embeddings...`, `language_model.model...`), the Hub's
+//! (`vision_tower.vision_model...`), and transformers 4.5x's in-memory names
+//! (`model.language_model.layers...`); a stored `lm_head.weight` is the tied embedding and is
+//! ignored. Files are memory-mapped; a sharded checkpoint is read through
+//! `model.safetensors.index.json`. A missing tensor, an unexpected one or a wrong shape is an
+//! error naming it. Saving streams tensors to disk in either layout, optionally in shards,
+//! writing under temporary names renamed when complete.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::{Value, json};
+
+use crate::config::PaliGemmaConfig;
+use crate::error::{ModelError, Result};
+use crate::layers::{ParamMut, Params};
+use crate::paligemma::PaliGemma;
+use crate::Dev;
+
+/// File of an unsharded checkpoint.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// Index of a sharded checkpoint.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// transformers' configuration file.
+pub const CONFIG_FILE: &str = "config.json";
+
+/// How tensors are named on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameLayout {
+    /// As transformers 5 saves: `vision_tower.embeddings...`.
+    Transformers5,
+    /// As the released Hub checkpoints: `vision_tower.vision_model.embeddings...`.
+    Hub,
+}
+
+/// The name a tensor has in this crate (transformers 5's), from any accepted layout; `None` for
+/// the tied `lm_head`.
+pub fn canonical_name(name: &str) -> Option<String> {
+    let mut n = name;
+    if let Some(rest) = n.strip_prefix("model.") {
+        if ["vision_tower.", "language_model.", "multi_modal_projector."].iter().any(|p| rest.starts_with(p)) {
+            n = rest;
+        }
+    }
+    if n == "lm_head.weight" || n == "language_model.lm_head.weight" {
+        return None;
+    }
+    if let Some(rest) = n.strip_prefix("vision_tower.vision_model.") {
+        return Some(format!("vision_tower.{rest}"));
+    }
+    if let Some(rest) = n.strip_prefix("language_model.") {
+        if !rest.starts_with("model.") {
+            return Some(format!("language_model.model.{rest}"));
+        }
+    }
+    Some(n.to_string())
+}
+
+/// The on-disk name of canonical tensor `name` in `layout`.
+pub fn layout_name(name: &str, layout: NameLayout) -> String {
+    match (layout, name.strip_prefix("vision_tower.")) {
+        (NameLayout::Hub, Some(rest)) => format!("vision_tower.vision_model.{rest}"),
+        _ => name.to_string(),
+    }
+}
+
+/// The shape transformers gives a parameter (the patch embedding is a conv weight).
+pub fn hf_shape(cfg: &PaliGemmaConfig, name: &str, shape: &[usize]) -> Vec<usize> {
+    if name == "vision_tower.embeddings.patch_embedding.weight" {
+        let v = &cfg.vision;
+        vec![v.hidden_size, v.num_channels, v.patch_size, v.patch_size]
+    } else {
+        shape.to_vec()
+    }
+}
+
+struct Mapped {
+    path: PathBuf,
+    mmap: Mmap,
+}
+
+fn map_file(path: &Path) -> Result<Mapped> {
+    let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    // SAFETY: the file is opened read-only; like every mmap-based loader we rely on nobody
+    // truncating it while it is mapped.
+    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    Ok(Mapped { path: path.to_owned(), mmap })
+}
+
+/// The safetensors files of a checkpoint: `path` itself if it is a file, else the shards named
+/// by the index in the folder, else the folder's `model.safetensors`.
+pub fn weight_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let index = path.join(INDEX_FILE);
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: index.clone(), source: e })?;
+        let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| ModelError::Safetensors {
+            path: index.clone(),
+            message: "no `weight_map` object".into(),
+        })?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(Value::as_str)
+            .map(|f| path.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        return Ok(files);
+    }
+    let single = path.join(WEIGHTS_FILE);
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(ModelError::io(
+        &single,
+        std::io::Error::new(std::io::ErrorKind::NotFound, format!("no {WEIGHTS_FILE} or {INDEX_FILE}")),
+    ))
+}
+
+fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        other => {
+            return Err(ModelError::UnsupportedDtype { name: name.to_string(), dtype: format!("{other:?}") });
+        }
+    })
+}
+
+/// Where every tensor of a checkpoint is: canonical name -> (file index, stored name).
+fn index_tensors(files: &[Mapped]) -> Result<HashMap<String, (usize, String)>> {
+    let mut out = HashMap::new();
+    for (fi, f) in files.iter().enumerate() {
+        let st = SafeTensors::deserialize(&f.mmap)
+            .map_err(|e| ModelError::Safetensors { path: f.path.clone(), message: e.to_string() })?;
+        for name in st.names() {
+            let Some(c) = canonical_name(name) else { continue };
+            if out.insert(c.clone(), (fi, name.clone())).is_some() {
+                return Err(ModelError::UnexpectedTensor { name: format!("{name} (duplicate of {c})"), path: f.path.clone() });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Overwrites every parameter of `model` from the checkpoint at `path` (file or folder).
+pub fn load_weights(model: &mut PaliGemma, path: &Path) -> Result<()> {
+    let files: Vec<Mapped> = weight_files(path)?.iter().map(|p| map_file(p)).collect::<Result<_>>()?;
+    let index = index_tensors(&files)?;
+    let parsed: Vec<SafeTensors> = files
+        .iter()
+        .map(|f| {
+            SafeTensors::deserialize(&f.mmap)
+                .map_err(|e| ModelError::Safetensors { path: f.path.clone(), message: e.to_string() })
+        })
+        .collect::<Result<_>>()?;
+    let cfg = model.cfg.clone();
+    let mut seen = std::collections::HashSet::new();
+    let mut result = Ok(());
+    model.visit_mut("", &mut |name, mut p: ParamMut<'_>| {
+        if result.is_err() {
+            return;
+        }
+        result = (|| {
+            let (fi, stored) = index.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string() })?;
+            let view = parsed[*fi].tensor(stored).map_err(|e| ModelError::Safetensors {
+                path: files[*fi].path.clone(),
+                message: format!("{stored}: {e}"),
+            })?;
+            let expected = hf_shape(&cfg, name, &p.shape());
+            if view.shape() != expected.as_slice() {
+                return Err(ModelError::ShapeMismatch {
+                    name: stored.clone(),
+                    expected,
+                    found: view.shape().to_vec(),
+                });
+            }
+            let data = to_f32(stored, view.dtype(), view.data())?;
+            p.copy_from(&data);
+            seen.insert(name.to_string());
+            Ok(())
+        })();
+    });
+    result?;
+    if let Some((c, (fi, stored))) = index.iter().filter(|(c, _)| !seen.contains(*c)).min_by_key(|(c, _)| c.as_str()) {
+        let _ = c;
+        return Err(ModelError::UnexpectedTensor { name: stored.clone(), path: files[*fi].path.clone() });
+    }
+    tracing::info!(path = %path.display(), tensors = seen.len(), "loaded weights");
+    Ok(())
+}
+
+/// Loads a Hugging Face PaliGemma folder (`config.json` and safetensors).
+pub fn load(dir: &Path, dev: &Dev) -> Result<PaliGemma> {
+    let cfg = PaliGemmaConfig::load(&dir.join(CONFIG_FILE))?;
+    let mut model = PaliGemma::new(&cfg, dev, 0)?;
+    load_weights(&mut model, dir)?;
+    Ok(model)
+}
+
+/// Options of [`save`].
+#[derive(Clone, Debug)]
+pub struct SaveOptions {
+    pub layout: NameLayout,
+    /// Start a new shard past this many bytes; `None`: one `model.safetensors`.
+    pub max_shard_bytes: Option<usize>,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        SaveOptions { layout: NameLayout::Transformers5, max_shard_bytes: None }
+    }
+}
+
+fn tmp_name(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+/// Writes one safetensors file of f32 tensors, streaming each tensor's data from `data(i)`.
+fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>)],
+    mut data: impl FnMut(usize) -> Vec<f32>,
+) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut offset = 0usize;
+    for (name, shape) in tensors {
+        let bytes = shape.iter().product::<usize>() * 4;
+        header.insert(name.clone(), json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}));
+        offset += bytes;
+    }
+    let mut h = serde_json::to_vec(&Value::Object(header)).expect("json");
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let tmp = tmp_name(path);
+    let io = |e| ModelError::io(&tmp, e);
+    let mut w = BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+    w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&h).map_err(io)?;
+    for (i, (name, shape)) in tensors.iter().enumerate() {
+        let v = data(i);
+        assert_eq!(v.len(), shape.iter().product::<usize>(), "{name}");
+        let mut buf = Vec::with_capacity(v.len() * 4);
+        for x in v {
+            buf.extend_from_slice(&x.to_le_bytes());
+        }
+        w.write_all(&buf).map_err(io)?;
+    }
+    w.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+}
+
+/// Saves `model` as a Hugging Face PaliGemma folder: `config.json` and the weights (one file,
+/// or shards and `model.safetensors.index.json`). The tied `lm_head` is not stored.
+pub fn save(model: &PaliGemma, dir: &Path, opts: &SaveOptions) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let params = model.named_params();
+    let entries: Vec<(String, Vec<usize>)> = params
+        .iter()
+        .map(|(n, p)| (layout_name(n, opts.layout), hf_shape(&model.cfg, n, &p.shape())))
+        .collect();
+    let size = |s: &Vec<usize>| s.iter().product::<usize>() * 4;
+    let mut shards: Vec<Vec<usize>> = vec![vec![]];
+    let mut bytes = 0;
+    for (i, (_, shape)) in entries.iter().enumerate() {
+        if let Some(max) = opts.max_shard_bytes {
+            if bytes > 0 && bytes + size(shape) > max {
+                shards.push(vec![]);
+                bytes = 0;
+            }
+        }
+        bytes += size(shape);
+        shards.last_mut().expect("shard").push(i);
+    }
+    let total: usize = entries.iter().map(|(_, s)| size(s)).sum();
+    let n = shards.len();
+    let mut weight_map = BTreeMap::new();
+    for (si, shard) in shards.iter().enumerate() {
+        let file = if n == 1 && opts.max_shard_bytes.is_none() {
+            WEIGHTS_FILE.to_string()
+        } else {
+            format!("model-{:05}-of-{:05}.safetensors", si + 1, n)
+        };
+        let list: Vec<(String, Vec<usize>)> = shard.iter().map(|&i| entries[i].clone()).collect();
+        for (name, _) in &list {
+            weight_map.insert(name.clone(), file.clone());
+        }
+        write_safetensors(&dir.join(&file), &list, |k| params[shard[k]].1.to_vec())?;
+    }
+    if n > 1 || opts.max_shard_bytes.is_some() {
+        let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        let path = dir.join(INDEX_FILE);
+        let tmp = tmp_name(&path);
+        std::fs::write(&tmp, serde_json::to_string_pretty(&index).expect("json")).map_err(|e| ModelError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| ModelError::io(&path, e))?;
+    }
+    model.cfg.save(&dir.join(CONFIG_FILE))?;
+    tracing::info!(dir = %dir.display(), shards = n, bytes = total, "saved checkpoint");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_every_layout_map_to_one() {
+        for (stored, want) in [
+            ("vision_tower.vision_model.embeddings.patch_embedding.weight", Some("vision_tower.embeddings.patch_embedding.weight")),
+            ("vision_tower.encoder.layers.0.mlp.fc1.bias", Some("vision_tower.encoder.layers.0.mlp.fc1.bias")),
+            ("model.vision_tower.vision_model.post_layernorm.weight", Some("vision_tower.post_layernorm.weight")),
+            ("model.language_model.layers.1.mlp.up_proj.weight", Some("language_model.model.layers.1.mlp.up_proj.weight")),
+            ("language_model.model.norm.weight", Some("language_model.model.norm.weight")),
+            ("model.multi_modal_projector.linear.bias", Some("multi_modal_projector.linear.bias")),
+            ("lm_head.weight", None),
+            ("language_model.lm_head.weight", None),
+        ] {
+            assert_eq!(canonical_name(stored).as_deref(), want, "{stored}");
+        }
+        assert_eq!(
+            layout_name("vision_tower.post_layernorm.bias", NameLayout::Hub),
+            "vision_tower.vision_model.post_layernorm.bias"
+        );
+    }
+}

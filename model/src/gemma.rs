@@ -1,0 +1,203 @@
+//! The Gemma decoder: RMSNorm (1 + w), rotary multi-/grouped-query attention, GeGLU-tanh MLP,
+//! final norm; the token embedding is tied to the output projection.
+
+use dfdx::prelude::*;
+use rand::Rng;
+
+use crate::attention::{Heads, Mask, Rope, attention};
+use crate::config::TextConfig;
+use crate::layers::{Init, Linear, RmsNorm, gelu, impl_params};
+use crate::{Dev, Matrix};
+
+#[derive(Clone, Debug)]
+pub struct GemmaAttention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+}
+impl_params!(GemmaAttention {
+    "q_proj" => q_proj, "k_proj" => k_proj, "v_proj" => v_proj, "o_proj" => o_proj,
+});
+
+#[derive(Clone, Debug)]
+pub struct GemmaMlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+impl_params!(GemmaMlp { "gate_proj" => gate_proj, "up_proj" => up_proj, "down_proj" => down_proj });
+
+#[derive(Clone, Debug)]
+pub struct GemmaLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: GemmaAttention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: GemmaMlp,
+}
+impl_params!(GemmaLayer {
+    "input_layernorm" => input_layernorm, "self_attn" => self_attn,
+    "post_attention_layernorm" => post_attention_layernorm, "mlp" => mlp,
+});
+
+/// The decoder. Parameter names are transformers' under the prefix `language_model.model`.
+#[derive(Clone, Debug)]
+pub struct Gemma {
+    pub cfg: TextConfig,
+    /// `[vocab, hidden]`: input embedding and (tied) output projection.
+    pub embed_tokens: Matrix,
+    pub layers: Vec<GemmaLayer>,
+    pub norm: RmsNorm,
+}
+impl_params!(Gemma { "embed_tokens.weight" => embed_tokens, "layers" => layers, "norm" => norm });
+
+/// Keys and values of past tokens, per layer: `[batch, past, kv_heads * head_dim]`, post-RoPE.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    pub layers: Vec<(Tensor<(usize, usize, usize), f32, Dev>, Tensor<(usize, usize, usize), f32, Dev>)>,
+}
+
+impl KvCache {
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.layers.first().map(|(k, _)| k.shape().1).unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Keeps the rows `rows` (in that order, repeats allowed): beam search reordering.
+    pub fn select_rows(&mut self, dev: &Dev, rows: &[usize]) {
+        let idx = dev.tensor_from_vec(rows.to_vec(), (rows.len(),));
+        for (k, v) in &mut self.layers {
+            *k = k.clone().gather(idx.clone());
+            *v = v.clone().gather(idx.clone());
+        }
+    }
+}
+
+impl Gemma {
+    pub(crate) fn init<R: Rng>(init: &mut Init<R>, cfg: &TextConfig) -> Self {
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+        let eps = cfg.rms_norm_eps;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|_| GemmaLayer {
+                input_layernorm: RmsNorm::init(init, d, eps),
+                self_attn: GemmaAttention {
+                    q_proj: Linear::init(init, d, cfg.num_attention_heads * hd, false),
+                    k_proj: Linear::init(init, d, cfg.num_key_value_heads * hd, false),
+                    v_proj: Linear::init(init, d, cfg.num_key_value_heads * hd, false),
+                    o_proj: Linear::init(init, cfg.num_attention_heads * hd, d, false),
+                },
+                post_attention_layernorm: RmsNorm::init(init, d, eps),
+                mlp: GemmaMlp {
+                    gate_proj: Linear::init(init, d, cfg.intermediate_size, false),
+                    up_proj: Linear::init(init, d, cfg.intermediate_size, false),
+                    down_proj: Linear::init(init, cfg.intermediate_size, d, false),
+                },
+            })
+            .collect();
+        Gemma {
+            cfg: cfg.clone(),
+            embed_tokens: init.weight(cfg.vocab_size, d),
+            layers,
+            norm: RmsNorm::init(init, d, eps),
+        }
+    }
+
+    /// Token embeddings times sqrt(hidden): `[tokens, hidden]`. Ids outside the vocabulary
+    /// (an image token id past it) look up row 0, as transformers does.
+    pub fn embed<T: Tape<f32, Dev>>(&self, tokens: &[u32]) -> Matrix<T> {
+        let dev = self.embed_tokens.device().clone();
+        let v = self.cfg.vocab_size;
+        let ids: Vec<usize> =
+            tokens.iter().map(|&t| if (t as usize) < v { t as usize } else { 0 }).collect();
+        let ids = dev.tensor_from_vec(ids, (tokens.len(),));
+        let scale = (self.cfg.hidden_size as f32).sqrt();
+        self.embed_tokens.retaped::<T>().gather(ids) * scale
+    }
+
+    /// The decoder over `x` = `[batch * len, hidden]` input embeddings; returns the final-norm
+    /// hidden states, same shape. `rope` holds one row per token of `x`; `mask` is
+    /// `[batch, len, past + len]`. With a cache, the new keys/values are appended to it.
+    pub fn forward<T: Tape<f32, Dev>>(
+        &self,
+        x: Matrix<T>,
+        batch: usize,
+        rope: &Rope,
+        mask: &Mask,
+        mut cache: Option<&mut KvCache>,
+    ) -> Matrix<T> {
+        let mut x = x;
+        let len = x.shape().0 / batch;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let c = cache.as_deref_mut().map(|c| {
+                if c.layers.len() <= i {
+                    let kw = self.cfg.num_key_value_heads * self.cfg.head_dim;
+                    let e: Tensor<(usize, usize, usize), f32, Dev> =
+                        x.device().zeros_like(&(batch, 0, kw));
+                    c.layers.push((e.clone(), e));
+                }
+                &mut c.layers[i]
+            });
+            x = self.layer(layer, x, batch, len, rope, mask, c);
+        }
+        self.norm.forward(x)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer<T: Tape<f32, Dev>>(
+        &self,
+        l: &GemmaLayer,
+        x: Matrix<T>,
+        batch: usize,
+        len: usize,
+        rope: &Rope,
+        mask: &Mask,
+        cache: Option<&mut (Tensor<(usize, usize, usize), f32, Dev>, Tensor<(usize, usize, usize), f32, Dev>)>,
+    ) -> Matrix<T> {
+        let c = &self.cfg;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let h = l.input_layernorm.forward(x.retaped::<T>());
+        let a = &l.self_attn;
+        let q = rope.apply(a.q_proj.forward(h.retaped::<T>()), nh);
+        let k = rope.apply(a.k_proj.forward(h.retaped::<T>()), nkv);
+        let v = a.v_proj.forward(h);
+        let (k, v, keys) = match cache {
+            None => (k, v, len),
+            Some((ck, cv)) => {
+                let past = ck.shape().1;
+                let kw = nkv * hd;
+                let (k, v) = (k.reshape_like(&(batch, len, kw)), v.reshape_like(&(batch, len, kw)));
+                let (k, v) = if past == 0 {
+                    (k, v)
+                } else {
+                    (
+                        (ck.retaped::<T>(), k).concat_along(Axis::<1>),
+                        (cv.retaped::<T>(), v).concat_along(Axis::<1>),
+                    )
+                };
+                let (k, kt) = k.split_tape();
+                let (v, vt) = v.split_tape();
+                *ck = k.clone();
+                *cv = v.clone();
+                let keys = past + len;
+                (
+                    k.put_tape(kt).reshape_like(&(batch * keys, kw)),
+                    v.put_tape(vt).reshape_like(&(batch * keys, kw)),
+                    keys,
+                )
+            }
+        };
+        let heads = Heads { batch, queries: len, keys, heads: nh, kv_heads: nkv, head_dim: hd };
+        let x = x + a.o_proj.forward(attention(q, k, v, heads, Some(mask)));
+        let h = l.post_attention_layernorm.forward(x.retaped::<T>());
+        let g = gelu(l.mlp.gate_proj.forward(h.retaped::<T>()));
+        let u = l.mlp.up_proj.forward(h);
+        x + l.mlp.down_proj.forward(g * u)
+    }
+
+    /// Logits from final hidden states: `h @ embed_tokens^T`, `[rows, vocab]`.
+    pub fn lm_head<T: Tape<f32, Dev>>(&self, h: Matrix<T>) -> Matrix<T> {
+        h.matmul(self.embed_tokens.retaped::<T>().permute::<_, Axes2<1, 0>>())
+    }
+}

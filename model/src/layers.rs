@@ -1,0 +1,260 @@
+//! The building blocks shared by both towers (linear, LayerNorm, RMSNorm, tanh-GELU) and the
+//! parameter visitor that names every tensor as Hugging Face does.
+//!
+//! Sizes are runtime values (dfdx's own layers fix them at compile time), activations are
+//! `[rows, features]` matrices, and every forward is generic over the tape so the same code
+//! serves training (`OwnedTape`) and inference (`NoneTape`).
+
+use dfdx::prelude::*;
+use rand::Rng;
+use rand_distr::{Distribution, Normal};
+
+use crate::{Dev, Matrix, Vector};
+
+/// A parameter seen through [`Params::visit`].
+#[derive(Clone, Copy)]
+pub enum ParamRef<'a> {
+    Vector(&'a Vector),
+    Matrix(&'a Matrix),
+}
+
+/// A parameter seen through [`Params::visit_mut`].
+pub enum ParamMut<'a> {
+    Vector(&'a mut Vector),
+    Matrix(&'a mut Matrix),
+}
+
+impl ParamRef<'_> {
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            ParamRef::Vector(t) => vec![t.shape().0],
+            ParamRef::Matrix(t) => vec![t.shape().0, t.shape().1],
+        }
+    }
+    pub fn to_vec(&self) -> Vec<f32> {
+        match self {
+            ParamRef::Vector(t) => t.as_vec(),
+            ParamRef::Matrix(t) => t.as_vec(),
+        }
+    }
+    /// This parameter's gradient (zeros where the backward pass gave it none).
+    pub fn grad(&self, grads: &crate::Gradients) -> Vec<f32> {
+        match self {
+            ParamRef::Vector(t) => grads.get(*t).as_vec(),
+            ParamRef::Matrix(t) => grads.get(*t).as_vec(),
+        }
+    }
+}
+
+impl ParamMut<'_> {
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            ParamMut::Vector(t) => vec![t.shape().0],
+            ParamMut::Matrix(t) => vec![t.shape().0, t.shape().1],
+        }
+    }
+    /// Overwrites the values (row-major); the length must match.
+    pub fn copy_from(&mut self, data: &[f32]) {
+        match self {
+            ParamMut::Vector(t) => t.copy_from(data),
+            ParamMut::Matrix(t) => t.copy_from(data),
+        }
+    }
+}
+
+/// Something holding named parameters. Names are joined with `.`, as in PyTorch.
+pub trait Params {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, ParamRef<'a>));
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, ParamMut<'_>));
+
+    /// Every parameter with its full name, in a fixed order.
+    fn named_params(&self) -> Vec<(String, ParamRef<'_>)> {
+        let mut out = Vec::new();
+        self.visit("", &mut |n, p| out.push((n.to_string(), p)));
+        out
+    }
+    /// Number of scalars in all parameters.
+    fn num_params(&self) -> usize {
+        let mut n = 0;
+        self.visit("", &mut |_, p| n += p.shape().iter().product::<usize>());
+        n
+    }
+}
+
+pub(crate) fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
+}
+
+impl Params for Vector {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, ParamRef<'a>)) {
+        f(prefix, ParamRef::Vector(self))
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, ParamMut<'_>)) {
+        f(prefix, ParamMut::Vector(self))
+    }
+}
+
+impl Params for Matrix {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, ParamRef<'a>)) {
+        f(prefix, ParamRef::Matrix(self))
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, ParamMut<'_>)) {
+        f(prefix, ParamMut::Matrix(self))
+    }
+}
+
+impl<P: Params> Params for Option<P> {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, ParamRef<'a>)) {
+        if let Some(p) = self {
+            p.visit(prefix, f)
+        }
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, ParamMut<'_>)) {
+        if let Some(p) = self {
+            p.visit_mut(prefix, f)
+        }
+    }
+}
+
+impl<P: Params> Params for Vec<P> {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, ParamRef<'a>)) {
+        for (i, p) in self.iter().enumerate() {
+            p.visit(&join(prefix, &i.to_string()), f)
+        }
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, ParamMut<'_>)) {
+        for (i, p) in self.iter_mut().enumerate() {
+            p.visit_mut(&join(prefix, &i.to_string()), f)
+        }
+    }
+}
+
+/// Implements [`Params`] for a struct from a list of `"hf_name" => field`.
+macro_rules! impl_params {
+    ($ty:ty { $($name:literal => $field:ident),* $(,)? }) => {
+        impl $crate::layers::Params for $ty {
+            fn visit<'a>(
+                &'a self,
+                prefix: &str,
+                f: &mut dyn FnMut(&str, $crate::layers::ParamRef<'a>),
+            ) {
+                $( $crate::layers::Params::visit(&self.$field, &$crate::layers::join(prefix, $name), f); )*
+            }
+            fn visit_mut(
+                &mut self,
+                prefix: &str,
+                f: &mut dyn FnMut(&str, $crate::layers::ParamMut<'_>),
+            ) {
+                $( $crate::layers::Params::visit_mut(&mut self.$field, &$crate::layers::join(prefix, $name), f); )*
+            }
+        }
+    };
+}
+pub(crate) use impl_params;
+
+/// Random initialisation, as transformers does for new models.
+pub(crate) struct Init<'a, R: Rng> {
+    pub dev: &'a Dev,
+    pub rng: &'a mut R,
+    /// Standard deviation of weights (`initializer_range`, 0.02).
+    pub std: f32,
+}
+
+impl<R: Rng> Init<'_, R> {
+    pub fn normal(&mut self, rows: usize, cols: usize, std: f32) -> Matrix {
+        let d = Normal::new(0.0f32, std).expect("std");
+        let v: Vec<f32> = (0..rows * cols).map(|_| d.sample(self.rng)).collect();
+        self.dev.tensor_from_vec(v, (rows, cols))
+    }
+    pub fn weight(&mut self, rows: usize, cols: usize) -> Matrix {
+        let std = self.std;
+        self.normal(rows, cols, std)
+    }
+    pub fn constant(&mut self, n: usize, value: f32) -> Vector {
+        self.dev.tensor_from_vec(vec![value; n], (n,))
+    }
+}
+
+/// `y = x W^T + b`, weight `[out, in]` as in PyTorch.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Matrix,
+    pub bias: Option<Vector>,
+}
+impl_params!(Linear { "weight" => weight, "bias" => bias });
+
+impl Linear {
+    pub(crate) fn init<R: Rng>(init: &mut Init<R>, inp: usize, out: usize, bias: bool) -> Self {
+        Linear {
+            weight: init.weight(out, inp),
+            bias: bias.then(|| init.constant(out, 0.0)),
+        }
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.shape().1
+    }
+    pub fn out_features(&self) -> usize {
+        self.weight.shape().0
+    }
+
+    /// `x`: `[rows, in]` -> `[rows, out]`.
+    pub fn forward<T: Tape<f32, Dev>>(&self, x: Matrix<T>) -> Matrix<T> {
+        let y = x.matmul(self.weight.retaped::<T>().permute::<_, Axes2<1, 0>>());
+        match &self.bias {
+            Some(b) => {
+                let s = *y.shape();
+                y + b.retaped::<T>().broadcast_like::<_, Axis<0>>(&s)
+            }
+            None => y,
+        }
+    }
+}
+
+/// LayerNorm over features, biased variance (SigLIP).
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Vector,
+    pub bias: Vector,
+    pub eps: f64,
+}
+impl_params!(LayerNorm { "weight" => weight, "bias" => bias });
+
+impl LayerNorm {
+    pub(crate) fn init<R: Rng>(init: &mut Init<R>, dim: usize, eps: f64) -> Self {
+        LayerNorm { weight: init.constant(dim, 1.0), bias: init.constant(dim, 0.0), eps }
+    }
+
+    pub fn forward<T: Tape<f32, Dev>>(&self, x: Matrix<T>) -> Matrix<T> {
+        let s = *x.shape();
+        let y = x.normalize::<Axis<1>>(self.eps);
+        y * self.weight.retaped::<T>().broadcast_like::<_, Axis<0>>(&s)
+            + self.bias.retaped::<T>().broadcast_like::<_, Axis<0>>(&s)
+    }
+}
+
+/// Gemma's RMSNorm: `x / sqrt(mean(x^2) + eps) * (1 + w)`, weight stored as `w`.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pub weight: Vector,
+    pub eps: f64,
+}
+impl_params!(RmsNorm { "weight" => weight });
+
+impl RmsNorm {
+    pub(crate) fn init<R: Rng>(init: &mut Init<R>, dim: usize, eps: f64) -> Self {
+        RmsNorm { weight: init.constant(dim, 0.0), eps }
+    }
+
+    pub fn forward<T: Tape<f32, Dev>>(&self, x: Matrix<T>) -> Matrix<T> {
+        let s = *x.shape();
+        let inv = (x.retaped::<T>().square().mean::<_, Axis<1>>() + self.eps as f32).sqrt().recip();
+        let gain = self.weight.retaped::<T>() + 1.0;
+        x * inv.broadcast_like::<_, Axis<1>>(&s) * gain.broadcast_like::<_, Axis<0>>(&s)
+    }
+}
+
+/// tanh-approximated GELU (`gelu_pytorch_tanh`).
+pub fn gelu<T: Tape<f32, Dev>>(x: Matrix<T>) -> Matrix<T> {
+    x.fast_gelu()
+}

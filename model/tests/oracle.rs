@@ -1,0 +1,79 @@
+//! The model against transformers' numbers (tests/fixtures/paligemma-tiny, made by
+//! transformers 5.24 in f32): mask, activations, logits, loss and every gradient.
+
+mod common;
+
+use common::*;
+use dfdx::prelude::*;
+use model::attention::allowed;
+use model::layers::Params;
+use model::{LossOptions, PaliGemmaConfig};
+
+#[test]
+fn mask_matches_transformers_prefix_lm_mask() {
+    let fx = read_all("fixture.safetensors");
+    let input = fixture_input(&fx);
+    let a = allowed(input.batch, input.len, &input.segment_ids, &input.causal);
+    let want = &fx["attn_mask_allowed"].data;
+    assert_eq!(a.len(), want.len());
+    let bad = a.iter().zip(want).filter(|(x, y)| (**x as u8 as f64) != **y).count();
+    assert_eq!(bad, 0, "{bad} mask entries differ");
+}
+
+#[test]
+fn activations_and_logits_match() {
+    let fx = read_all("fixture.safetensors");
+    let m = tiny_model();
+    let input = fixture_input(&fx);
+    let feats = m.image_features::<NoneTape>(&input.pixels, input.n_images).as_vec();
+    let d = max_abs_diff(&feats, &fx["act.image_features"].data);
+    println!("image_features max|diff| = {d:.3e}");
+    assert!(d < 1e-5, "image features differ by {d}");
+    let emb = m.input_embeddings::<NoneTape>(&input).as_vec();
+    let d = max_abs_diff(&emb, &fx["act.text_inputs_embeds"].data);
+    println!("inputs_embeds max|diff| = {d:.3e}");
+    assert!(d < 1e-5, "input embeddings differ by {d}");
+    let logits = m.predict_logits(&input).unwrap();
+    let d = max_abs_diff(&logits, &fx["logits"].data);
+    println!("logits max|diff| = {d:.3e}");
+    assert!(d < 1e-4, "logits differ by {d}");
+}
+
+#[test]
+fn loss_and_all_gradients_match() {
+    let fx = read_all("fixture.safetensors");
+    let grads_fx = read_all("grads.safetensors");
+    let m = tiny_model();
+    let input = fixture_input(&fx);
+    let (loss, grads) = m.loss_and_grads(&input, &LossOptions::default()).unwrap();
+    let want = fx["loss"].data[0];
+    println!("loss {loss} vs {want}: {:.3e}", (loss as f64 - want).abs());
+    assert!((loss as f64 - want).abs() < 1e-5, "loss {loss} vs {want}");
+    let params = m.named_params();
+    assert_eq!(params.len(), grads_fx.len(), "parameter count");
+    let mut worst = (0.0f64, String::new());
+    for (name, p) in &params {
+        let g = p.grad(&grads);
+        let w = &grads_fx[&format!("grad.{name}")];
+        assert_eq!(g.len(), w.data.len(), "{name}");
+        let scale = w.data.iter().fold(0.0f64, |a, &x| a.max(x.abs()));
+        let d = max_abs_diff(&g, &w.data);
+        // relative to the largest entry; analytically-zero gradients (vision k_proj.bias) are
+        // rounding noise near 1e-8 and compared absolutely
+        assert!(d <= 1e-6 + 1e-4 * scale, "{name}: max|diff| {d:.3e}, max|g| {scale:.3e}");
+        if scale > 1e-6 && d / scale > worst.0 {
+            worst = (d / scale, name.clone());
+        }
+    }
+    println!("worst relative gradient difference {:.3e} ({})", worst.0, worst.1);
+}
+
+#[test]
+fn both_name_layouts_load_the_same_parameters() {
+    let m = tiny_model();
+    let mut hub = model::PaliGemma::new(&PaliGemmaConfig::tiny(), &model::device(), 1).unwrap();
+    model::checkpoint::load_weights(&mut hub, &fixture_dir().join("model_hub_layout.safetensors")).unwrap();
+    for ((n, a), (_, b)) in m.named_params().iter().zip(hub.named_params().iter()) {
+        assert_eq!(a.to_vec(), b.to_vec(), "{n}");
+    }
+}

@@ -1,0 +1,82 @@
+//! Save -> load round trips in both name layouts (single file and sharded), and loader errors
+//! that name the tensor at fault.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use model::checkpoint::{self, NameLayout, SaveOptions};
+use model::{ModelError, PaliGemma, PaliGemmaConfig};
+use safetensors::SafeTensors;
+
+#[test]
+fn save_then_load_gives_identical_logits_in_both_layouts() {
+    let fx = read_all("fixture.safetensors");
+    let input = fixture_input(&fx);
+    let m = tiny_model();
+    let want = m.predict_logits(&input).unwrap();
+    for (layout, shard) in [(NameLayout::Transformers5, None), (NameLayout::Hub, Some(100_000)), (NameLayout::Hub, None)] {
+        let dir = tempfile::tempdir().unwrap();
+        checkpoint::save(&m, dir.path(), &SaveOptions { layout, max_shard_bytes: shard }).unwrap();
+        let files = checkpoint::weight_files(dir.path()).unwrap();
+        if shard.is_some() {
+            assert!(files.len() > 1, "expected several shards, got {files:?}");
+        }
+        // the stored names are the layout's, and the tied lm_head is not stored
+        let bytes = std::fs::read(&files[0]).unwrap();
+        let names: Vec<String> = SafeTensors::deserialize(&bytes).unwrap().names().into_iter().cloned().collect();
+        assert!(!names.iter().any(|n| n.contains("lm_head")));
+        let hub = names.iter().any(|n| n.starts_with("vision_tower.vision_model."));
+        assert_eq!(hub, layout == NameLayout::Hub || !names.iter().any(|n| n.starts_with("vision_tower.")), "{names:?}");
+        let back = checkpoint::load(dir.path(), &model::device()).unwrap();
+        assert_eq!(back.cfg, m.cfg);
+        assert_eq!(back.predict_logits(&input).unwrap(), want, "{layout:?} {shard:?}");
+    }
+}
+
+/// The fixture's tensors, editable, written back as one file.
+fn fixture_tensors() -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(fixture_dir().join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec())).collect()
+}
+
+fn load_edited(tensors: Vec<(String, Vec<usize>, Vec<u8>)>) -> Result<PaliGemma, ModelError> {
+    let dir = tempfile::tempdir().unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap()))
+        .collect();
+    let path = dir.path().join("model.safetensors");
+    safetensors::serialize_to_file(views, &None::<HashMap<String, String>>, &path).unwrap();
+    let mut m = PaliGemma::new(&PaliGemmaConfig::tiny(), &model::device(), 0).unwrap();
+    checkpoint::load_weights(&mut m, &path).map(|_| m)
+}
+
+#[test]
+fn missing_extra_and_misshapen_tensors_are_named() {
+    let name = "language_model.model.layers.1.mlp.up_proj.weight";
+    let t: Vec<_> = fixture_tensors().into_iter().filter(|(n, _, _)| n != name).collect();
+    let e = load_edited(t).unwrap_err();
+    assert!(matches!(&e, ModelError::MissingTensor { name: n } if n == name), "{e}");
+    assert!(e.to_string().contains(name));
+
+    let mut t = fixture_tensors();
+    t.push(("vision_tower.encoder.layers.7.mlp.fc1.bias".into(), vec![1], vec![0; 4]));
+    let e = load_edited(t).unwrap_err();
+    assert!(e.to_string().contains("vision_tower.encoder.layers.7.mlp.fc1.bias"), "{e}");
+
+    let mut t = fixture_tensors();
+    let bad = t.iter_mut().find(|(n, _, _)| n == "multi_modal_projector.linear.bias").unwrap();
+    bad.1 = vec![32];
+    bad.2.truncate(32 * 4);
+    let e = load_edited(t).unwrap_err();
+    assert!(matches!(&e, ModelError::ShapeMismatch { name, .. } if name == "multi_modal_projector.linear.bias"), "{e}");
+
+    // a stored lm_head (tied) is accepted and ignored
+    let mut t = fixture_tensors();
+    let emb = t.iter().find(|(n, _, _)| n == "language_model.model.embed_tokens.weight").unwrap().clone();
+    t.push(("lm_head.weight".into(), emb.1, emb.2));
+    load_edited(t).unwrap();
+}

@@ -6,6 +6,7 @@ mod suggest;
 mod template;
 mod training;
 mod validate;
+mod sampler;
 mod weights;
 
 pub use error::*;
@@ -14,3 +15,4 @@ pub use template::{Part, Template};
 pub use training::*;
 pub use validate::{ColumnsOf, ValidationContext};
 pub use weights::{Proportional, Weights};
+pub use sampler::{Draw, Sampler, SamplerState, TaskCounters};

@@ -52,6 +52,9 @@ pub struct TaskCounters {
     /// Rows per pass, when the caller told us; then passes end by themselves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch_len: Option<u64>,
+    /// Dropped for good by [`Sampler::exhaust`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exhausted: bool,
 }
 
 /// Everything needed to continue a schedule exactly: small, and plain serde.
@@ -113,11 +116,20 @@ impl Sampler {
     /// this one extends with more stages (continuous pretraining): every task keeps its
     /// counters, and a finished run moves on to the first appended stage.
     pub fn restore(mixture: &Mixture, state: &SamplerState) -> Result<Sampler, SamplerError> {
-        let mut s = Sampler::compile(mixture)?;
+        let mut sampler = Sampler::compile(mixture)?;
+        sampler.set_state(state)?;
+        Ok(sampler)
+    }
+
+    /// Puts this sampler back to `state` (e.g. to undo a draw). On error it is unchanged.
+    pub fn set_state(&mut self, state: &SamplerState) -> Result<(), SamplerError> {
+        let mut s = self.clone();
         let stages = s.plans.len();
         if state.stage > stages || (state.stage == stages && !state.credits.is_empty()) {
             return Err(SamplerError::StageOutOfRange { stage: state.stage, stages });
         }
+        s.counters.fill(TaskCounters::default());
+        s.retired.clear();
         for (name, counters) in &state.tasks {
             match s.task_id(name) {
                 Some(id) => s.counters[id] = counters.clone(),
@@ -126,6 +138,7 @@ impl Sampler {
         }
         s.stage = state.stage;
         s.stage_examples = state.stage_examples;
+        s.active.clear();
         if !state.credits.is_empty() {
             // The credited tasks must be exactly those the stage still draws.
             let expected: Vec<usize> = s.drawable();
@@ -140,7 +153,8 @@ impl Sampler {
             s.active.sort_unstable();
         }
         s.settle();
-        Ok(s)
+        *self = s;
+        Ok(())
     }
 
     fn compile(mixture: &Mixture) -> Result<Sampler, SamplerError> {
@@ -232,6 +246,14 @@ impl Sampler {
         self.settle();
     }
 
+    /// Drops `task` for the rest of the run, whatever its epoch limit: the pipeline found its
+    /// data spent. The remaining tasks share its weight.
+    pub fn exhaust(&mut self, task: usize) {
+        self.counters[task].exhausted = true;
+        self.active.retain(|&(id, _)| id != task);
+        self.settle();
+    }
+
     /// The state to save in a checkpoint.
     pub fn state(&self) -> SamplerState {
         let credits = self.active.iter().map(|&(id, credit)| (self.names[id].clone(), credit)).collect();
@@ -293,7 +315,8 @@ impl Sampler {
     }
 
     fn spent(&self, task: usize) -> bool {
-        self.limits[task].is_some_and(|limit| self.counters[task].epochs >= limit)
+        let counters = &self.counters[task];
+        counters.exhausted || self.limits[task].is_some_and(|limit| counters.epochs >= limit)
     }
 
     /// Tasks the current stage draws: weighted and not spent, in id order.

@@ -19,6 +19,9 @@ enum Op {
     Draw(usize),
     EndEpoch(usize),
     SetEpochLen(usize, u64),
+    Exhaust(usize),
+    /// Draw one, then take it back (as a pipeline does when the row turns out not to exist).
+    Undo,
 }
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
@@ -26,6 +29,8 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
         8 => (1usize..50).prop_map(Op::Draw),
         1 => (0usize..8).prop_map(Op::EndEpoch),
         1 => (0usize..8, 1u64..40).prop_map(|(t, n)| Op::SetEpochLen(t, n)),
+        1 => (0usize..8).prop_map(Op::Exhaust),
+        1 => Just(Op::Undo),
     ];
     prop::collection::vec(op, 1..30)
 }
@@ -38,6 +43,13 @@ fn apply(sampler: &mut Sampler, ops: &[Op], log: &mut Vec<String>) {
             Op::Draw(n) => log.extend(sampler.by_ref().take(n).map(|d| format!("{d:?}"))),
             Op::EndEpoch(t) => sampler.end_epoch(t % tasks),
             Op::SetEpochLen(t, n) => sampler.set_epoch_len(t % tasks, n),
+            Op::Exhaust(t) => sampler.exhaust(t % tasks),
+            Op::Undo => {
+                let before = sampler.state();
+                sampler.draw();
+                sampler.set_state(&before).unwrap();
+                assert_eq!(sampler.state(), before);
+            }
         }
         log.push(format!("{:?}", sampler.state()));
     }

@@ -263,6 +263,27 @@ fn epoch_budget_ends_the_stage_after_n_passes() {
 }
 
 #[test]
+fn undo_a_draw_and_exhaust_the_task_like_the_pipeline_does() {
+    let m = limited_mixture("", "{ examples = 100 }");
+    let mut s = Sampler::new(&m).unwrap();
+    let mut drawn = Vec::new();
+    loop {
+        let before = s.state();
+        let Some(d) = s.draw() else { break };
+        if d.task == 0 && d.example == 5 {
+            // Task a's reader has no sixth row: take the draw back and drop a.
+            s.set_state(&before).unwrap();
+            s.exhaust(0);
+            continue;
+        }
+        drawn.push(d.task);
+    }
+    assert_eq!(drawn.iter().filter(|&&t| t == 0).count(), 5);
+    assert_eq!(drawn.len(), 100, "b fills the rest of the budget");
+    assert!(s.state().tasks["a"].exhausted);
+}
+
+#[test]
 fn epoch_seeds_differ_per_pass_and_task_and_are_stable() {
     let m = limited_mixture("", "{ examples = 10 }");
     let s = Sampler::new(&m).unwrap();

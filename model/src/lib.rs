@@ -31,7 +31,7 @@ pub mod siglip;
 // pub use bench::{BenchReport, bench};
 pub use checkpoint::NameLayout;
 pub use config::{PaliGemmaConfig, TextConfig, VisionConfig};
-// pub use decode::{BeamOptions, Generation, Prompt, beam_search, greedy};
+pub use decode::{BeamOptions, DecodeOptions, Generation, Prompt, beam_search, greedy};
 pub use error::ModelError;
 pub use input::ModelInput;
 pub use loss::LossOptions;

@@ -48,6 +48,10 @@ impl Template {
         Ok(Template { parts })
     }
 
+    pub fn into_parts(self) -> Vec<Part> {
+        self.parts
+    }
+
     pub fn parts(&self) -> &[Part] {
         &self.parts
     }

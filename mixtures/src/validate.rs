@@ -147,6 +147,9 @@ impl Checker<'_, '_> {
             }
             self.positive(key_path(&path, "images"), task.images);
             self.positive(key_path(&path, "max_text_len"), task.max_text_len);
+            if let Some(problem) = task.max_text_len.and_then(|cap| self.text_too_short(name, cap)) {
+                self.error(key_path(&path, "max_text_len"), problem);
+            }
             let source = self.mixture.sources.get(&task.source);
             if source.is_none() {
                 let suggestion = closest(&task.source, self.mixture.sources.keys().map(String::as_str));
@@ -316,17 +319,27 @@ impl Checker<'_, '_> {
             if let Some(cap) = stage.max_images.filter(|&cap| cap > 0 && images > cap) {
                 self.error(key_path(stage_path, "max_images"), Problem::TooManyImages { task: name.clone(), images, cap });
             }
-            let Ok(prefix) = task.prefix_template() else { continue };
-            let prefix = self.ctx.prefix_tokens(&prefix.literal_text());
-            let needed = prefix + TEXT_OVERHEAD;
-            let (text_len, path) = match task.max_text_len {
-                Some(cap) if cap < stage.text_len() => (cap, key_path(&key_path("tasks", &name), "max_text_len")),
-                _ => (stage.text_len(), key_path(stage_path, "text_len")),
-            };
-            if text_len > 0 && (text_len as usize) < needed {
-                self.error(path, Problem::TextTooShort { task: name.clone(), text_len, prefix, needed });
+            // A task cap below the stage's length binds instead, and is checked with the task.
+            if task.max_text_len.is_some_and(|cap| cap < stage.text_len()) {
+                continue;
+            }
+            if let Some(problem) = self.text_too_short(&name, stage.text_len()) {
+                self.error(key_path(stage_path, "text_len"), problem);
             }
         }
+    }
+
+    /// Whether `text_len` tokens leave room for the task's prefix and the fixed tokens.
+    fn text_too_short(&self, name: &str, text_len: u32) -> Option<Problem> {
+        let prefix = self.mixture.tasks[name].prefix_template().ok()?;
+        let prefix = self.ctx.prefix_tokens(&prefix.literal_text());
+        let needed = prefix + TEXT_OVERHEAD;
+        (text_len > 0 && (text_len as usize) < needed).then(|| Problem::TextTooShort {
+            task: name.to_string(),
+            text_len,
+            prefix,
+            needed,
+        })
     }
 
     fn training(&mut self, stage_path: &str, stage: &Stage) {

@@ -42,6 +42,17 @@ pub enum Schedule {
     Constant,
 }
 
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Schedule::Rsqrt => "rsqrt",
+            Schedule::Cosine => "cosine",
+            Schedule::Linear => "linear",
+            Schedule::Constant => "constant",
+        })
+    }
+}
+
 /// A warm-up length: a number of optimiser steps or a fraction of the stage's steps.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]

@@ -94,3 +94,15 @@ fn transfer_uses_the_papers_recipe() {
     assert!(!training.freeze_vit);
     assert_eq!(training.warmup, Warmup::Fraction(0.05));
 }
+
+#[test]
+fn the_readme_example_is_valid() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("```toml\n").expect("a toml example") + "```toml\n".len();
+    let example = &readme[start..start + readme[start..].find("```").unwrap()];
+    let mixture = Mixture::from_toml_str(example).unwrap_or_else(|e| panic!("{e}"));
+    mixture.validate(&ValidationContext::new()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(mixture.stages.len(), 3);
+    let mut sampler = Sampler::new(&mixture).unwrap();
+    assert_eq!(sampler.by_ref().take(1000).count(), 1000);
+}

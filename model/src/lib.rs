@@ -28,7 +28,7 @@ pub mod optim;
 pub mod paligemma;
 pub mod siglip;
 
-// pub use bench::{BenchReport, bench};
+pub use bench::{BenchReport, bench};
 pub use checkpoint::NameLayout;
 pub use config::{PaliGemmaConfig, TextConfig, VisionConfig};
 pub use decode::{BeamOptions, DecodeOptions, Generation, Prompt, beam_search, greedy};
@@ -54,7 +54,14 @@ pub type Matrix<T = dfdx::tensor::NoneTape> = dfdx::tensor::Tensor<(usize, usize
 /// Gradients of a backward pass, keyed by tensor.
 pub type Gradients = dfdx::tensor::Gradients<f32, Dev>;
 
-/// Creates the device (CPU, or GPU 0 with the `cuda` feature).
+/// Creates the device (CPU, or GPU 0 with the `cuda` feature), with dfdx's buffer cache on
+/// (reuses freed allocations: fewer page faults and zero-fills; `PALIFORGE_DFDX_CACHE=0` turns
+/// it off).
 pub fn device() -> Dev {
-    Dev::default()
+    use dfdx::tensor::Cache;
+    let dev = Dev::default();
+    if std::env::var("PALIFORGE_DFDX_CACHE").as_deref() != Ok("0") {
+        dev.enable_cache();
+    }
+    dev
 }

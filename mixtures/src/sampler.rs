@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{SamplerError, ValidationErrors};
+use crate::error::SamplerError;
 use crate::spec::{Budget, Mixture, Stage};
 use crate::validate::ValidationContext;
 
@@ -164,7 +164,8 @@ impl Sampler {
         let mut plans = Vec::new();
         for (i, stage) in mixture.stages.iter().enumerate() {
             let mut weights = vec![0; names.len()];
-            for (task, w) in mixture.stage_weights(i).ok_or_else(ValidationErrors::default)? {
+            let stage_weights = mixture.stage_weights(i).expect("validation ensures a positive weight");
+            for (task, w) in stage_weights {
                 // Every drawn task keeps at least one unit, however small its share.
                 weights[id(&task).expect("validated")] = ((w * WEIGHT_SCALE).round() as i64).max(1);
             }

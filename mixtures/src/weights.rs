@@ -98,14 +98,17 @@ impl Weights {
                 };
                 tasks.sort();
                 tasks.dedup();
-                tasks
+                // In log space, relative to the largest: rows^(1/T) overflows for small T.
+                let logs: Vec<(String, f64)> = tasks
                     .into_iter()
                     .filter_map(|t| {
                         let size = mixture.sources.get(&mixture.tasks.get(t)?.source)?.size?;
-                        let rows = p.cap.map_or(size, |cap| size.min(cap));
-                        Some((t.clone(), pow(rows as f64, 1.0 / p.temperature)))
+                        let rows = p.cap.map_or(size, |cap| size.min(cap)).max(1);
+                        Some((t.clone(), ln(rows as f64) / p.temperature))
                     })
-                    .collect()
+                    .collect();
+                let top = logs.iter().map(|(_, l)| *l).fold(f64::NEG_INFINITY, f64::max);
+                logs.into_iter().map(|(t, l)| (t, exp(l - top))).collect()
             }
         }
     }
@@ -119,17 +122,9 @@ pub(crate) fn normalise(raw: &[(String, f64)]) -> Option<Vec<(String, f64)>> {
     (total > 0.0).then(|| positive().map(|(t, w)| (t.clone(), w / total)).collect())
 }
 
-/// `x^y` for x > 0 from basic operations only: exp(y·ln x).
-fn pow(x: f64, y: f64) -> f64 {
-    if x <= 0.0 {
-        return 0.0;
-    }
-    exp(y * ln(x))
-}
-
 const LN_2: f64 = std::f64::consts::LN_2;
 
-/// ln x for finite x > 0: split x = m·2^e with m in [1, 2), then ln m = 2·atanh((m-1)/(m+1)).
+/// ln x for finite x > 0, from basic operations only: split x = m·2^e with m in [1, 2), then ln m = 2·atanh((m-1)/(m+1)).
 fn ln(x: f64) -> f64 {
     let bits = x.to_bits();
     let exponent = ((bits >> 52) & 0x7ff) as i64 - 1023;
@@ -167,12 +162,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pow_matches_libm_closely() {
+    fn ln_and_exp_match_libm_closely() {
         for &(x, y) in &[(2.0, 0.5), (1e6, 1.0 / 3.0), (123456.0, 0.25), (7.0, 1.0), (1e12, 0.5), (0.3, 2.0)] {
-            let (ours, libm) = (pow(x, y), f64::powf(x, y));
+            let (ours, libm) = (exp(y * ln(x)), f64::powf(x, y));
             assert!(((ours - libm) / libm).abs() < 1e-13, "{x}^{y}: {ours} vs {libm}");
         }
-        assert_eq!(pow(0.0, 0.5), 0.0);
+        assert_eq!(exp(-1000.0), 0.0);
     }
 
     #[test]

@@ -42,6 +42,9 @@ fn proportional_to_size_with_cap_and_temperature() {
     close(spec("{ proportional = { cap = 1_000 } }").stage_weights(0).unwrap(), &[("big", 10.0 / 11.0), ("small", 1.0 / 11.0)]);
     // Temperature 2 takes square roots: 100 : 10.
     close(spec("{ proportional = { temperature = 2.0 } }").stage_weights(0).unwrap(), &[("big", 10.0 / 11.0), ("small", 1.0 / 11.0)]);
+    // A tiny temperature approaches "only the largest" without overflowing.
+    let sharp = spec("{ proportional = { temperature = 0.001 } }").stage_weights(0).unwrap();
+    assert_eq!(sharp, [("big".to_string(), 1.0)]);
     close(spec("{ proportional = { tasks = [\"small\"] } }").stage_weights(0).unwrap(), &[("small", 1.0)]);
 }
 

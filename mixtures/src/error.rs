@@ -103,9 +103,7 @@ pub enum Problem {
     BudgetTaskUnweighted { task: String },
     #[error("the budget asks for {epochs} epochs but source {source_name:?} allows only {limit}")]
     BudgetBeyondEpochLimit { epochs: u32, limit: u32, source_name: String },
-    #[error(
-        "the budget of {budget} examples exceeds the {available} that the sources' epoch limits allow"
-    )]
+    #[error("the budget of {budget} examples exceeds the {available} that the sources' epoch limits allow")]
     BudgetExceedsData { budget: u64, available: u64 },
 }
 

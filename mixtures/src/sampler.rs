@@ -232,8 +232,10 @@ impl Sampler {
 
     /// Tells the sampler how many rows one pass of `task` holds (after its filter); from then
     /// on passes end by themselves. Kept in the state.
+    /// A task with no rows at all is the caller's to [`exhaust`](Sampler::exhaust); 0 here
+    /// means "unknown".
     pub fn set_epoch_len(&mut self, task: usize, rows: u64) {
-        self.counters[task].epoch_len = Some(rows);
+        self.counters[task].epoch_len = (rows > 0).then_some(rows);
         if rows > 0 && self.counters[task].in_epoch >= rows {
             self.finish_epoch(task);
             self.settle();
@@ -349,7 +351,8 @@ impl Sampler {
         }
         let mut rng = self.seed ^ (self.stage as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let weights = &self.plans[self.stage].weights;
-        self.active = self.drawable().into_iter().map(|id| (id, (splitmix64(&mut rng) % weights[id] as u64) as i64)).collect();
+        self.active =
+            self.drawable().into_iter().map(|id| (id, (splitmix64(&mut rng) % weights[id] as u64) as i64)).collect();
     }
 
     fn stage_done(&self) -> bool {

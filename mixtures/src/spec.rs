@@ -258,9 +258,7 @@ impl Mixture {
     /// Images per example of `task`: its `images`, else one per image column of its source.
     pub fn images_per_example(&self, task: &str) -> u32 {
         let Some(task) = self.tasks.get(task) else { return 0 };
-        task.images.unwrap_or_else(|| {
-            self.sources.get(&task.source).map_or(0, |s| s.image_columns.len() as u32)
-        })
+        task.images.unwrap_or_else(|| self.sources.get(&task.source).map_or(0, |s| s.image_columns.len() as u32))
     }
 }
 

@@ -76,7 +76,8 @@ pub fn summarize(mixture: &Mixture, ctx: &SummaryContext) -> Vec<StageSummary> {
                 .into_iter()
                 .map(|(task, weight)| {
                     let task_examples = examples.map(|n| (n as f64 * weight).round() as u64);
-                    let per_example = mixture.images_per_example(&task) as u64 * image_tokens as u64 + stage.text_len() as u64;
+                    let per_example =
+                        mixture.images_per_example(&task) as u64 * image_tokens as u64 + stage.text_len() as u64;
                     TaskSummary {
                         epochs: task_examples.zip(rows(&task)).map(|(n, rows)| n as f64 / rows.max(1) as f64),
                         tokens: task_examples.map(|n| n * per_example),

@@ -289,7 +289,9 @@ impl Checker<'_, '_> {
                         Some(source.size? * source.epochs? as u64)
                     })
                     .collect();
-                if let Some(available) = limits.map(|l| l.iter().sum::<u64>()).filter(|&a| a < examples && !weighted.is_empty()) {
+                if let Some(available) =
+                    limits.map(|l| l.iter().sum::<u64>()).filter(|&a| a < examples && !weighted.is_empty())
+                {
                     self.error(key_path(&path, "examples"), Problem::BudgetExceedsData { budget: examples, available });
                 }
             }
@@ -304,7 +306,8 @@ impl Checker<'_, '_> {
                     self.error(key_path(&path, "task"), Problem::BudgetTaskUnweighted { task: task.clone() });
                 }
                 if let Some(limit) = self.mixture.sources.get(&t.source).and_then(|s| s.epochs).filter(|l| l < epochs) {
-                    let problem = Problem::BudgetBeyondEpochLimit { epochs: *epochs, limit, source_name: t.source.clone() };
+                    let problem =
+                        Problem::BudgetBeyondEpochLimit { epochs: *epochs, limit, source_name: t.source.clone() };
                     self.error(key_path(&path, "epochs"), problem);
                 }
             }
@@ -317,7 +320,10 @@ impl Checker<'_, '_> {
             let task = &self.mixture.tasks[&name];
             let images = self.mixture.images_per_example(&name);
             if let Some(cap) = stage.max_images.filter(|&cap| cap > 0 && images > cap) {
-                self.error(key_path(stage_path, "max_images"), Problem::TooManyImages { task: name.clone(), images, cap });
+                self.error(
+                    key_path(stage_path, "max_images"),
+                    Problem::TooManyImages { task: name.clone(), images, cap },
+                );
             }
             // A task cap below the stage's length binds instead, and is checked with the task.
             if task.max_text_len.is_some_and(|cap| cap < stage.text_len()) {
@@ -355,7 +361,12 @@ impl Checker<'_, '_> {
                 Some(Warmup::Fraction(f)) => Some(f),
                 _ => None,
             };
-            self.in_range(key_path(&key_path(&path, key), "fraction"), fraction, |v| (0.0..=1.0).contains(&v), "[0, 1]");
+            self.in_range(
+                key_path(&key_path(&path, key), "fraction"),
+                fraction,
+                |v| (0.0..=1.0).contains(&v),
+                "[0, 1]",
+            );
         }
     }
 }

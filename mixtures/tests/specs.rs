@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use mixtures::{Budget, Mixture, Recipe, Sampler, Schedule, ValidationContext, Warmup};
 
 fn spec(name: &str) -> Mixture {
-    Mixture::from_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("specs").join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    Mixture::from_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("specs").join(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn shipped() -> Vec<PathBuf> {

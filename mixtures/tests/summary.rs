@@ -73,7 +73,9 @@ fn table_lists_every_stage_and_task() {
     assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), ["caption", "75.0%", "3,000", "3.00", "960.0k"]);
     assert_eq!(lines[3].split_whitespace().collect::<Vec<_>>(), ["compare", "25.0%", "1,000", "?", "576.0k"]);
     assert_eq!(lines[4].split_whitespace().collect::<Vec<_>>(), ["total", "100.0%", "4,000", "1.5M"]);
-    assert!(lines[6].starts_with("stage 1 \"transfer\": 448px (1024 image tokens), text 32, batch 256, 2 epochs of caption, lr 1e-5 cosine"));
+    assert!(lines[6].starts_with(
+        "stage 1 \"transfer\": 448px (1024 image tokens), text 32, batch 256, 2 epochs of caption, lr 1e-5 cosine"
+    ));
     // Columns line up: every cell of a column ends at the same place.
     let ends = |line: &str| line.find("%").unwrap();
     assert_eq!(ends(lines[2]), ends(lines[3]));
@@ -84,5 +86,7 @@ fn shipped_quickstart_preview() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/specs/quickstart.toml");
     let table = summary_table(&Mixture::from_path(path).unwrap(), &SummaryContext::default());
     assert_eq!(table.matches("\nstage ").count() + 1, 3);
-    assert!(table.contains("stage 2 \"transfer-vqa\": 224px (256 image tokens), text 48, batch 16, 1,024 examples, lr 1e-5 cosine"));
+    assert!(table.contains(
+        "stage 2 \"transfer-vqa\": 224px (256 image tokens), text 48, batch 16, 1,024 examples, lr 1e-5 cosine"
+    ));
 }

@@ -86,14 +86,20 @@ fn the_base_spec_is_valid() {
 fn unknown_task_in_weights_suggests_the_closest_name() {
     let text = edit("weights = { caption = 1, ocr_en = 3 }", "weights = { caption = 1,\n  ocr = 3 }");
     let line = line_of(&text, "ocr = 3");
-    assert_eq!(only_error(&text), format!("stages[1].weights.ocr (line {line}): no task named \"ocr\" (did you mean \"ocr_en\"?)"));
+    assert_eq!(
+        only_error(&text),
+        format!("stages[1].weights.ocr (line {line}): no task named \"ocr\" (did you mean \"ocr_en\"?)")
+    );
 }
 
 #[test]
 fn unknown_source_suggests() {
     let text = edit("source = \"docs\"", "source = \"doc\"");
     let line = line_of(&text, "source = \"doc\"");
-    assert_eq!(only_error(&text), format!("tasks.ocr_en.source (line {line}): no source named \"doc\" (did you mean \"docs\"?)"));
+    assert_eq!(
+        only_error(&text),
+        format!("tasks.ocr_en.source (line {line}): no source named \"doc\" (did you mean \"docs\"?)")
+    );
 }
 
 #[test]
@@ -102,7 +108,9 @@ fn template_naming_a_missing_column() {
     let line = line_of(&text, "{captoin}");
     assert_eq!(
         only_error(&text),
-        format!("tasks.caption.suffix (line {line}): source \"web\" has no column \"captoin\" (did you mean \"caption\"?)")
+        format!(
+            "tasks.caption.suffix (line {line}): source \"web\" has no column \"captoin\" (did you mean \"caption\"?)"
+        )
     );
     // Without the files' columns the template cannot be checked, and is not.
     assert_eq!(errors_with(&text, &ValidationContext::new()), []);
@@ -128,7 +136,9 @@ fn bad_template_syntax() {
     let line = line_of(&text, "caption {lang");
     assert_eq!(
         only_error(&text),
-        format!("tasks.caption.prefix (line {line}): bad template: at byte 8: '{{' is never closed (write '{{{{' for a literal brace)")
+        format!(
+            "tasks.caption.prefix (line {line}): bad template: at byte 8: '{{' is never closed (write '{{{{' for a literal brace)"
+        )
     );
 }
 
@@ -146,7 +156,10 @@ fn sources_need_data_and_positive_limits() {
 fn stages_need_unique_names() {
     let text = edit("name = \"two\"", "name = \"one\"");
     let line = line_of(&text, "name = \"one\"\nresolution");
-    assert_eq!(only_error(&text), format!("stages[1].name (line {line}): stage name \"one\" is already used by stages[0]"));
+    assert_eq!(
+        only_error(&text),
+        format!("stages[1].name (line {line}): stage name \"one\" is already used by stages[0]")
+    );
     let text = edit("name = \"two\"", "name = \"\"");
     assert!(only_error(&text).ends_with("a name may not be empty"));
 }
@@ -189,7 +202,10 @@ fn proportional_weights_need_sizes_and_a_positive_temperature() {
 fn resolution_must_be_a_multiple_of_the_patch() {
     let text = edit("resolution = 448", "resolution = 450");
     let line = line_of(&text, "resolution = 450");
-    assert_eq!(only_error(&text), format!("stages[1].resolution (line {line}): resolution 450 is not a multiple of the patch size 14"));
+    assert_eq!(
+        only_error(&text),
+        format!("stages[1].resolution (line {line}): resolution 450 is not a multiple of the patch size 14")
+    );
     // The patch size comes from the model: 224 and 448 suit /14 and /16, not /20.
     assert_eq!(errors_with(BASE, &ValidationContext::new().with_patch_size(16)), []);
     let ctx = ValidationContext::new().with_patch_size(20);
@@ -242,16 +258,24 @@ fn impossible_budgets() {
     assert!(only_error(&text).ends_with("the budget asks for 3 epochs but source \"docs\" allows only 2"));
     let text = edit("weights = { caption = 1, ocr_en = 3 }", "weights = { ocr_en = 3 }")
         .replace("budget = { examples = 100 }", "budget = { epochs = 1, task = \"caption\" }");
-    assert!(only_error(&text).ends_with("the budget counts epochs of task \"caption\", which has no weight in this stage"));
+    assert!(
+        only_error(&text).ends_with("the budget counts epochs of task \"caption\", which has no weight in this stage")
+    );
     // docs allows 2 epochs of 500 rows: a stage drawing only from it cannot reach 1,500.
     let text = edit("weights = { caption = 1, ocr_en = 3 }", "weights = { ocr_en = 3 }")
         .replace("budget = { examples = 100 }", "budget = { examples = 1_500 }");
-    assert!(only_error(&text).ends_with("the budget of 1500 examples exceeds the 1000 that the sources' epoch limits allow"));
+    assert!(
+        only_error(&text)
+            .ends_with("the budget of 1500 examples exceeds the 1000 that the sources' epoch limits allow")
+    );
 }
 
 #[test]
 fn training_knobs_in_range() {
-    let text = edit("budget = { examples = 100 }", "budget = { examples = 100 }\ntrain = { lr = 0.0, label_smoothing = 1.0, llm_dropout = -0.1, warmup = { fraction = 1.5 } }");
+    let text = edit(
+        "budget = { examples = 100 }",
+        "budget = { examples = 100 }\ntrain = { lr = 0.0, label_smoothing = 1.0, llm_dropout = -0.1, warmup = { fraction = 1.5 } }",
+    );
     let messages: Vec<String> = errors(&text).iter().map(|e| format!("{}: {}", e.path, e.problem)).collect();
     assert_eq!(
         messages,
@@ -303,7 +327,10 @@ fn parse_errors_name_the_line() {
     let bad_budget = edit("budget = { examples = 100 }", "budget = { epochs = 2 }");
     let message = Mixture::from_toml_str(&bad_budget).unwrap_err().to_string();
     assert!(message.contains("a budget in `epochs` needs `task`"), "{message}");
-    let mixed = edit("weights = { caption = 1, ocr_en = 3 }", "weights = { caption = 1, proportional = { temperature = 2.0 } }");
+    let mixed = edit(
+        "weights = { caption = 1, ocr_en = 3 }",
+        "weights = { caption = 1, proportional = { temperature = 2.0 } }",
+    );
     let message = Mixture::from_toml_str(&mixed).unwrap_err().to_string();
     assert!(message.contains("`proportional` cannot be mixed with per-task weights"), "{message}");
     let json = r#"{"sources": {"a": {"data": "x"}, "a": {"data": "y"}}, "tasks": {}, "stages": []}"#;

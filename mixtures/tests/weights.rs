@@ -39,9 +39,15 @@ fn close(got: Vec<(String, f64)>, want: &[(&str, f64)]) {
 #[test]
 fn proportional_to_size_with_cap_and_temperature() {
     close(spec("{ proportional = {} }").stage_weights(0).unwrap(), &[("big", 100.0 / 101.0), ("small", 1.0 / 101.0)]);
-    close(spec("{ proportional = { cap = 1_000 } }").stage_weights(0).unwrap(), &[("big", 10.0 / 11.0), ("small", 1.0 / 11.0)]);
+    close(
+        spec("{ proportional = { cap = 1_000 } }").stage_weights(0).unwrap(),
+        &[("big", 10.0 / 11.0), ("small", 1.0 / 11.0)],
+    );
     // Temperature 2 takes square roots: 100 : 10.
-    close(spec("{ proportional = { temperature = 2.0 } }").stage_weights(0).unwrap(), &[("big", 10.0 / 11.0), ("small", 1.0 / 11.0)]);
+    close(
+        spec("{ proportional = { temperature = 2.0 } }").stage_weights(0).unwrap(),
+        &[("big", 10.0 / 11.0), ("small", 1.0 / 11.0)],
+    );
     // A tiny temperature approaches "only the largest" without overflowing.
     let sharp = spec("{ proportional = { temperature = 0.001 } }").stage_weights(0).unwrap();
     assert_eq!(sharp, [("big".to_string(), 1.0)]);

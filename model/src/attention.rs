@@ -141,13 +141,9 @@ pub fn attention<T: Tape<f32, Dev>>(
         .reshape_like(&(b, nkv, g * lq, hd));
     let kt = k.reshape_like(&(b, lk, nkv, hd)).permute::<_, Axes4<0, 2, 3, 1>>();
     let v = v.reshape_like(&(b, lk, nkv, hd)).permute::<_, Axes4<0, 2, 1, 3>>();
-    let scores = q.matmul(kt) * (hd as f32).powf(-0.5);
-    let scores = scores.reshape_like(&(b, nh, lq, lk));
-    let scores = match mask {
-        Some(m) => scores + m.clone().broadcast_like::<_, Axis<1>>(&(b, nh, lq, lk)),
-        None => scores,
-    };
-    let probs = scores.softmax::<Axis<3>>().reshape_like(&(b, nkv, g * lq, lk));
+    let scores = q.matmul(kt).reshape_like(&(b, nh, lq, lk));
+    let probs = crate::fused::masked_softmax(scores, (hd as f32).powf(-0.5), mask)
+        .reshape_like(&(b, nkv, g * lq, lk));
     probs
         .matmul(v)
         .reshape_like(&(b, nh, lq, hd))

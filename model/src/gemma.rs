@@ -6,7 +6,7 @@ use rand::Rng;
 
 use crate::attention::{Heads, Mask, Rope, attention};
 use crate::config::TextConfig;
-use crate::layers::{Init, Linear, RmsNorm, gelu, impl_params};
+use crate::layers::{Init, Linear, RmsNorm, impl_params};
 use crate::{Dev, Matrix};
 
 #[derive(Clone, Debug)]
@@ -191,9 +191,9 @@ impl Gemma {
         let heads = Heads { batch, queries: len, keys, heads: nh, kv_heads: nkv, head_dim: hd };
         let x = x + a.o_proj.forward(attention(q, k, v, heads, Some(mask)));
         let h = l.post_attention_layernorm.forward(x.retaped::<T>());
-        let g = gelu(l.mlp.gate_proj.forward(h.retaped::<T>()));
+        let g = l.mlp.gate_proj.forward(h.retaped::<T>());
         let u = l.mlp.up_proj.forward(h);
-        x + l.mlp.down_proj.forward(g * u)
+        x + l.mlp.down_proj.forward(crate::fused::geglu(g, u))
     }
 
     /// Logits from final hidden states: `h @ embed_tokens^T`, `[rows, vocab]`.

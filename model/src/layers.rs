@@ -226,10 +226,7 @@ impl LayerNorm {
     }
 
     pub fn forward<T: Tape<f32, Dev>>(&self, x: Matrix<T>) -> Matrix<T> {
-        let s = *x.shape();
-        let y = x.normalize::<Axis<1>>(self.eps);
-        y * self.weight.retaped::<T>().broadcast_like::<_, Axis<0>>(&s)
-            + self.bias.retaped::<T>().broadcast_like::<_, Axis<0>>(&s)
+        crate::fused::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -247,14 +244,11 @@ impl RmsNorm {
     }
 
     pub fn forward<T: Tape<f32, Dev>>(&self, x: Matrix<T>) -> Matrix<T> {
-        let s = *x.shape();
-        let inv = (x.retaped::<T>().square().mean::<_, Axis<1>>() + self.eps as f32).sqrt().recip();
-        let gain = self.weight.retaped::<T>() + 1.0;
-        x * inv.broadcast_like::<_, Axis<1>>(&s) * gain.broadcast_like::<_, Axis<0>>(&s)
+        crate::fused::rms_norm(x, &self.weight, self.eps)
     }
 }
 
 /// tanh-approximated GELU (`gelu_pytorch_tanh`).
 pub fn gelu<T: Tape<f32, Dev>>(x: Matrix<T>) -> Matrix<T> {
-    x.fast_gelu()
+    crate::fused::gelu(x)
 }

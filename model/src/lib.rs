@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod decode;
 pub mod error;
+pub mod fused;
 pub mod gemma;
 pub mod input;
 pub mod layers;

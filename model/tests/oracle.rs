@@ -77,3 +77,25 @@ fn both_name_layouts_load_the_same_parameters() {
         assert_eq!(a.to_vec(), b.to_vec(), "{n}");
     }
 }
+
+#[test]
+fn plain_dfdx_ops_match_too() {
+    // the fused CPU ops are the default; the plain-op path (the CUDA one) must agree as well
+    model::fused::with_plain_ops(|| {
+        let fx = read_all("fixture.safetensors");
+        let m = tiny_model();
+        let input = fixture_input(&fx);
+        let logits = m.predict_logits(&input).unwrap();
+        let d = max_abs_diff(&logits, &fx["logits"].data);
+        assert!(d < 1e-4, "plain-op logits differ by {d}");
+        let (loss, grads) = m.loss_and_grads(&input, &LossOptions::default()).unwrap();
+        assert!((loss as f64 - fx["loss"].data[0]).abs() < 1e-5);
+        let grads_fx = read_all("grads.safetensors");
+        for (name, p) in m.named_params() {
+            let w = &grads_fx[&format!("grad.{name}")];
+            let scale = w.data.iter().fold(0.0f64, |a, &x| a.max(x.abs()));
+            let d = max_abs_diff(&p.grad(&grads), &w.data);
+            assert!(d <= 1e-6 + 1e-4 * scale, "{name}: {d:e}");
+        }
+    });
+}

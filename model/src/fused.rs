@@ -1,0 +1,535 @@
+//! Fused CPU operations, registered with dfdx's public autodiff API (`Tape::add_backward_op`,
+//! `Gradients::get_or_alloc_mut`): tanh-GELU and GeGLU, masked scaled softmax, RMSNorm and
+//! LayerNorm. Each runs multi-threaded over rows in one pass forward and one backward, where
+//! dfdx's composite ops take several single-threaded passes with an allocation each.
+//!
+//! Every op has a plain-op twin in [`plain`] that it is tested against; [`with_plain_ops`]
+//! makes the model use the twins (and the `cuda` build always does).
+
+use std::cell::Cell;
+
+use dfdx::prelude::*;
+#[cfg(not(feature = "cuda"))]
+use rayon::prelude::*;
+
+use crate::attention::Mask;
+use crate::{Dev, Matrix, Vector};
+
+thread_local! {
+    static PLAIN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the model built from dfdx's plain ops instead of the fused ones.
+pub fn with_plain_ops<R>(f: impl FnOnce() -> R) -> R {
+    let before = PLAIN.with(|p| p.replace(true));
+    let r = f();
+    PLAIN.with(|p| p.set(before));
+    r
+}
+
+/// Whether the fused ops are in use on this thread.
+pub fn fused_enabled() -> bool {
+    !cfg!(feature = "cuda") && !PLAIN.with(|p| p.get())
+}
+
+pub type Scores<T> = Tensor<(usize, usize, usize, usize), f32, Dev, T>;
+
+/// The plain-op forms: the reference for the fused ones (and the CUDA path).
+pub mod plain {
+    use super::*;
+
+    pub fn gelu<T: Tape<f32, Dev>>(x: Matrix<T>) -> Matrix<T> {
+        x.fast_gelu()
+    }
+
+    pub fn geglu<T: Tape<f32, Dev>>(gate: Matrix<T>, up: Matrix<T>) -> Matrix<T> {
+        gate.fast_gelu() * up
+    }
+
+    /// softmax(scale * scores + mask) over the last axis; `scores` `[b, h, q, k]`, rows
+    /// flattened in (b, h, q) order; `mask` `[b, q, k]`.
+    pub fn masked_softmax<T: Tape<f32, Dev>>(scores: Scores<T>, scale: f32, mask: Option<&Mask>) -> Scores<T> {
+        let s = *scores.shape();
+        let x = scores * scale;
+        let x = match mask {
+            Some(m) => x + m.clone().broadcast_like::<_, Axis<1>>(&s),
+            None => x,
+        };
+        x.softmax::<Axis<3>>()
+    }
+
+    pub fn rms_norm<T: Tape<f32, Dev>>(x: Matrix<T>, w: &Vector, eps: f64) -> Matrix<T> {
+        let s = *x.shape();
+        let inv = (x.retaped::<T>().square().mean::<_, Axis<1>>() + eps as f32).sqrt().recip();
+        let gain = w.retaped::<T>() + 1.0;
+        x * inv.broadcast_like::<_, Axis<1>>(&s) * gain.broadcast_like::<_, Axis<0>>(&s)
+    }
+
+    pub fn layer_norm<T: Tape<f32, Dev>>(x: Matrix<T>, w: &Vector, b: &Vector, eps: f64) -> Matrix<T> {
+        let s = *x.shape();
+        x.normalize::<Axis<1>>(eps) * w.retaped::<T>().broadcast_like::<_, Axis<0>>(&s)
+            + b.retaped::<T>().broadcast_like::<_, Axis<0>>(&s)
+    }
+}
+
+// ---------------------------------------------------------------- dispatch
+
+/// tanh-GELU.
+pub fn gelu<T: Tape<f32, Dev>>(x: Matrix<T>) -> Matrix<T> {
+    #[cfg(not(feature = "cuda"))]
+    if fused_enabled() {
+        return cpu::gelu(x);
+    }
+    plain::gelu(x)
+}
+
+/// `gelu(gate) * up`.
+pub fn geglu<T: Tape<f32, Dev>>(gate: Matrix<T>, up: Matrix<T>) -> Matrix<T> {
+    #[cfg(not(feature = "cuda"))]
+    if fused_enabled() {
+        return cpu::geglu(gate, up);
+    }
+    plain::geglu(gate, up)
+}
+
+/// `softmax(scale * scores + mask)` over the last axis.
+pub fn masked_softmax<T: Tape<f32, Dev>>(scores: Scores<T>, scale: f32, mask: Option<&Mask>) -> Scores<T> {
+    #[cfg(not(feature = "cuda"))]
+    if fused_enabled() {
+        return cpu::masked_softmax(scores, scale, mask);
+    }
+    plain::masked_softmax(scores, scale, mask)
+}
+
+/// Gemma RMSNorm `x / rms(x) * (1 + w)`.
+pub fn rms_norm<T: Tape<f32, Dev>>(x: Matrix<T>, w: &Vector, eps: f64) -> Matrix<T> {
+    #[cfg(not(feature = "cuda"))]
+    if fused_enabled() {
+        return cpu::rms_norm(x, w, eps);
+    }
+    plain::rms_norm(x, w, eps)
+}
+
+/// LayerNorm `(x - mean) / sqrt(var + eps) * w + b` (biased variance).
+pub fn layer_norm<T: Tape<f32, Dev>>(x: Matrix<T>, w: &Vector, b: &Vector, eps: f64) -> Matrix<T> {
+    #[cfg(not(feature = "cuda"))]
+    if fused_enabled() {
+        return cpu::layer_norm(x, w, b, eps);
+    }
+    plain::layer_norm(x, w, b, eps)
+}
+
+// ---------------------------------------------------------------- CPU kernels
+
+#[cfg(not(feature = "cuda"))]
+mod cpu {
+    use super::*;
+
+    /// Rows per rayon task: enough work to amortise scheduling.
+    fn rows_per_task(cols: usize) -> usize {
+        (16384 / cols.max(1)).max(1)
+    }
+
+    fn host<S: Shape, T>(t: &Tensor<S, f32, Dev, T>) -> Vec<f32> {
+        let mut v = vec![0.0; t.shape().num_elements()];
+        t.copy_into(&mut v);
+        v
+    }
+
+    /// `exp(x)` for x in [-87, 88]: 2^k * p(r), r = x - k ln 2 in [-ln2/2, ln2/2], p the degree-7
+    /// Taylor polynomial (relative error < 1e-8); branch-free so that loops vectorise.
+    #[inline(always)]
+    pub(super) fn exp(x: f32) -> f32 {
+        let x = x.clamp(-87.0, 88.0);
+        let k = (x * std::f32::consts::LOG2_E).round();
+        // ln 2 split in two (the high part exact in few bits) so that r keeps full precision
+        let r = (x - k * 0.693_145_75) - k * 1.428_606_8e-6;
+        let p = 1.0
+            + r * (1.0
+                + r * (0.5
+                    + r * (1.0 / 6.0
+                        + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+        p * f32::from_bits(((k as i32 + 127) << 23) as u32)
+    }
+
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const KAPPA: f32 = 0.044715;
+
+    /// tanh(u) = 1 - 2 / (exp(2u) + 1).
+    #[inline(always)]
+    pub(super) fn tanh(u: f32) -> f32 {
+        1.0 - 2.0 / (exp(2.0 * u) + 1.0)
+    }
+
+    /// (gelu(x), gelu'(x)).
+    #[inline(always)]
+    fn gelu_and_grad(x: f32) -> (f32, f32) {
+        let u = SQRT_2_OVER_PI * (x + KAPPA * x * x * x);
+        let t = tanh(u);
+        let du = SQRT_2_OVER_PI * (1.0 + 3.0 * KAPPA * x * x);
+        (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+    }
+
+    /// The output tensor, and a handle on it for the backward closure.
+    fn output(dev: &Dev, v: Vec<f32>, s: (usize, usize), _: NoneTape) -> (Matrix, Matrix) {
+        let out = dev.tensor_from_vec(v, s);
+        (out.clone(), out)
+    }
+
+    pub fn gelu<T: Tape<f32, Dev>>(x: Matrix<T>) -> Matrix<T> {
+        let (x, mut tape) = x.contiguous().split_tape();
+        let s = *x.shape();
+        let xv = host(&x);
+        let mut y = vec![0.0; xv.len()];
+        y.par_chunks_mut(16384).zip(xv.par_chunks(16384)).for_each(|(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = gelu_and_grad(x).0;
+            }
+        });
+        let (ghost, out) = output(x.device(), y, s, NoneTape);
+        if T::OWNS_TAPE {
+            tape.add_backward_op(move |grads| {
+                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
+                let gi = grads.get_or_alloc_mut(&x)?;
+                gi.par_chunks_mut(16384).zip(go.par_chunks(16384)).zip(xv.par_chunks(16384)).for_each(
+                    |((gi, go), xv)| {
+                        for ((gi, &go), &x) in gi.iter_mut().zip(go).zip(xv) {
+                            *gi += go * gelu_and_grad(x).1;
+                        }
+                    },
+                );
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
+    pub fn geglu<T: Tape<f32, Dev>>(gate: Matrix<T>, up: Matrix<T>) -> Matrix<T> {
+        let (g, tg) = gate.contiguous().split_tape();
+        let (u, tu) = up.contiguous().split_tape();
+        let mut tape = tg.merge(tu);
+        let s = *g.shape();
+        assert_eq!(s, *u.shape(), "geglu shapes");
+        let (gv, uv) = (host(&g), host(&u));
+        let mut y = vec![0.0; gv.len()];
+        y.par_chunks_mut(16384).zip(gv.par_chunks(16384)).zip(uv.par_chunks(16384)).for_each(|((y, g), u)| {
+            for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+                *y = gelu_and_grad(g).0 * u;
+            }
+        });
+        let (ghost, out) = output(g.device(), y, s, NoneTape);
+        if T::OWNS_TAPE {
+            tape.add_backward_op(move |grads| {
+                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
+                let n = go.len();
+                let mut dg = vec![0.0; n];
+                let mut du = vec![0.0; n];
+                dg.par_chunks_mut(16384)
+                    .zip(du.par_chunks_mut(16384))
+                    .zip(go.par_chunks(16384).zip(gv.par_chunks(16384)).zip(uv.par_chunks(16384)))
+                    .for_each(|((dg, du), ((go, gv), uv))| {
+                        for i in 0..go.len() {
+                            let (a, da) = gelu_and_grad(gv[i]);
+                            dg[i] = go[i] * uv[i] * da;
+                            du[i] = go[i] * a;
+                        }
+                    });
+                let gi = grads.get_or_alloc_mut(&g)?;
+                gi.iter_mut().zip(&dg).for_each(|(a, b)| *a += b);
+                let gi = grads.get_or_alloc_mut(&u)?;
+                gi.iter_mut().zip(&du).for_each(|(a, b)| *a += b);
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
+    pub fn masked_softmax<T: Tape<f32, Dev>>(scores: Scores<T>, scale: f32, mask: Option<&Mask>) -> Scores<T> {
+        let (x, mut tape) = scores.contiguous().split_tape();
+        let s = *x.shape();
+        let (b, h, q, k) = s;
+        let xv = host(&x);
+        let mv = mask.map(|m| {
+            assert_eq!(*m.shape(), (b, q, k), "mask shape");
+            host(&m.clone().contiguous())
+        });
+        let mut p = vec![0.0; xv.len()];
+        let per = rows_per_task(k);
+        p.par_chunks_mut(per * k).enumerate().for_each(|(c, pc)| {
+            for (i, prow) in pc.chunks_mut(k).enumerate() {
+                let r = c * per + i;
+                let xrow = &xv[r * k..(r + 1) * k];
+                let mrow = mv.as_ref().map(|m| {
+                    let (bi, qi) = (r / (h * q), r % q);
+                    &m[(bi * q + qi) * k..(bi * q + qi + 1) * k]
+                });
+                let mut mx = f32::NEG_INFINITY;
+                for j in 0..k {
+                    let v = xrow[j] * scale + mrow.map_or(0.0, |m| m[j]);
+                    prow[j] = v;
+                    mx = mx.max(v);
+                }
+                let mut z = 0.0;
+                for v in prow.iter_mut() {
+                    *v = exp(*v - mx);
+                    z += *v;
+                }
+                let inv = 1.0 / z;
+                prow.iter_mut().for_each(|v| *v *= inv);
+            }
+        });
+        let out = x.device().tensor_from_vec(p, s);
+        let ghost = out.clone();
+        if T::OWNS_TAPE {
+            tape.add_backward_op(move |grads| {
+                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
+                let pv = host(&ghost);
+                let gi = grads.get_or_alloc_mut(&x)?;
+                gi.par_chunks_mut(per * k).enumerate().for_each(|(c, gc)| {
+                    for (i, grow) in gc.chunks_mut(k).enumerate() {
+                        let r = c * per + i;
+                        let (p, g) = (&pv[r * k..(r + 1) * k], &go[r * k..(r + 1) * k]);
+                        let dot: f32 = p.iter().zip(g).map(|(a, b)| a * b).sum();
+                        for j in 0..k {
+                            grow[j] += scale * p[j] * (g[j] - dot);
+                        }
+                    }
+                });
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
+    pub fn rms_norm<T: Tape<f32, Dev>>(x: Matrix<T>, w: &Vector, eps: f64) -> Matrix<T> {
+        let (x, mut tape) = x.contiguous().split_tape();
+        let s = *x.shape();
+        let d = s.1;
+        let xv = host(&x);
+        let gain: Vec<f32> = host(w).iter().map(|w| 1.0 + w).collect();
+        let per = rows_per_task(d);
+        let mut inv = vec![0.0f32; s.0];
+        let mut y = vec![0.0; xv.len()];
+        y.par_chunks_mut(per * d).zip(inv.par_chunks_mut(per)).zip(xv.par_chunks(per * d)).for_each(
+            |((y, inv), x)| {
+                for ((y, r), x) in y.chunks_mut(d).zip(inv.iter_mut()).zip(x.chunks(d)) {
+                    let ms = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                    *r = 1.0 / (ms + eps as f32).sqrt();
+                    for j in 0..d {
+                        y[j] = x[j] * *r * gain[j];
+                    }
+                }
+            },
+        );
+        let (ghost, out) = output(x.device(), y, s, NoneTape);
+        if T::OWNS_TAPE {
+            let w = w.clone();
+            tape.add_backward_op(move |grads| {
+                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
+                // dw_j = sum_rows g_j x_j r
+                let dw = go
+                    .par_chunks(per * d)
+                    .zip(xv.par_chunks(per * d))
+                    .zip(inv.par_chunks(per))
+                    .fold(
+                        || vec![0.0f32; d],
+                        |mut acc, ((g, x), inv)| {
+                            for ((g, x), r) in g.chunks(d).zip(x.chunks(d)).zip(inv) {
+                                for j in 0..d {
+                                    acc[j] += g[j] * x[j] * r;
+                                }
+                            }
+                            acc
+                        },
+                    )
+                    .reduce(|| vec![0.0f32; d], |mut a, b| {
+                        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                        a
+                    });
+                let gi = grads.get_or_alloc_mut(&x)?;
+                gi.par_chunks_mut(per * d).zip(go.par_chunks(per * d)).zip(xv.par_chunks(per * d).zip(inv.par_chunks(per))).for_each(
+                    |((gi, g), (x, inv))| {
+                        for ((gi, g), (x, &r)) in gi.chunks_mut(d).zip(g.chunks(d)).zip(x.chunks(d).zip(inv)) {
+                            let dot: f32 = (0..d).map(|j| g[j] * gain[j] * x[j]).sum::<f32>() / d as f32;
+                            let r3 = r * r * r;
+                            for j in 0..d {
+                                gi[j] += r * g[j] * gain[j] - x[j] * r3 * dot;
+                            }
+                        }
+                    },
+                );
+                let gw = grads.get_or_alloc_mut(&w)?;
+                gw.iter_mut().zip(&dw).for_each(|(a, b)| *a += b);
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
+    pub fn layer_norm<T: Tape<f32, Dev>>(x: Matrix<T>, w: &Vector, b: &Vector, eps: f64) -> Matrix<T> {
+        let (x, mut tape) = x.contiguous().split_tape();
+        let s = *x.shape();
+        let d = s.1;
+        let xv = host(&x);
+        let (wv, bv) = (host(w), host(b));
+        let per = rows_per_task(d);
+        // normalised input (kept for backward) and 1/std per row
+        let mut xhat = vec![0.0; xv.len()];
+        let mut inv = vec![0.0f32; s.0];
+        xhat.par_chunks_mut(per * d).zip(inv.par_chunks_mut(per)).zip(xv.par_chunks(per * d)).for_each(
+            |((xh, inv), x)| {
+                for ((xh, r), x) in xh.chunks_mut(d).zip(inv.iter_mut()).zip(x.chunks(d)) {
+                    let mean = x.iter().sum::<f32>() / d as f32;
+                    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                    *r = 1.0 / (var + eps as f32).sqrt();
+                    for j in 0..d {
+                        xh[j] = (x[j] - mean) * *r;
+                    }
+                }
+            },
+        );
+        drop(xv);
+        let mut y = vec![0.0; xhat.len()];
+        y.par_chunks_mut(per * d).zip(xhat.par_chunks(per * d)).for_each(|(y, xh)| {
+            for (y, xh) in y.chunks_mut(d).zip(xh.chunks(d)) {
+                for j in 0..d {
+                    y[j] = xh[j] * wv[j] + bv[j];
+                }
+            }
+        });
+        let (ghost, out) = output(x.device(), y, s, NoneTape);
+        if T::OWNS_TAPE {
+            let (w, b) = (w.clone(), b.clone());
+            tape.add_backward_op(move |grads| {
+                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
+                let (dw, db) = go
+                    .par_chunks(per * d)
+                    .zip(xhat.par_chunks(per * d))
+                    .fold(
+                        || (vec![0.0f32; d], vec![0.0f32; d]),
+                        |(mut dw, mut db), (g, xh)| {
+                            for (g, xh) in g.chunks(d).zip(xh.chunks(d)) {
+                                for j in 0..d {
+                                    dw[j] += g[j] * xh[j];
+                                    db[j] += g[j];
+                                }
+                            }
+                            (dw, db)
+                        },
+                    )
+                    .reduce(
+                        || (vec![0.0f32; d], vec![0.0f32; d]),
+                        |(mut a, mut b), (c, e)| {
+                            a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
+                            b.iter_mut().zip(&e).for_each(|(b, e)| *b += e);
+                            (a, b)
+                        },
+                    );
+                let gi = grads.get_or_alloc_mut(&x)?;
+                gi.par_chunks_mut(per * d).zip(go.par_chunks(per * d)).zip(xhat.par_chunks(per * d).zip(inv.par_chunks(per))).for_each(
+                    |((gi, g), (xh, inv))| {
+                        for ((gi, g), (xh, &r)) in gi.chunks_mut(d).zip(g.chunks(d)).zip(xh.chunks(d).zip(inv)) {
+                            let mut m1 = 0.0;
+                            let mut m2 = 0.0;
+                            for j in 0..d {
+                                let gx = g[j] * wv[j];
+                                m1 += gx;
+                                m2 += gx * xh[j];
+                            }
+                            let (m1, m2) = (m1 / d as f32, m2 / d as f32);
+                            for j in 0..d {
+                                gi[j] += r * (g[j] * wv[j] - m1 - xh[j] * m2);
+                            }
+                        }
+                    },
+                );
+                let g = grads.get_or_alloc_mut(&w)?;
+                g.iter_mut().zip(&dw).for_each(|(a, b)| *a += b);
+                let g = grads.get_or_alloc_mut(&b)?;
+                g.iter_mut().zip(&db).for_each(|(a, b)| *a += b);
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TrainTape;
+
+    fn values(n: usize, k: f32, scale: f32) -> Vec<f32> {
+        (0..n).map(|i| ((i as f32 + 0.5) * k).sin() * scale).collect()
+    }
+
+    fn close(name: &str, a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len(), "{name}");
+        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+        let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(d <= tol * scale, "{name}: max|diff| {d:e} (scale {scale:e})");
+    }
+
+    /// Runs `op` fused and plain on the same input; compares outputs and the gradients of
+    /// sum(y * r) with respect to the input and `params`.
+    fn check(
+        name: &str,
+        x: &Matrix,
+        params: &[&Vector],
+        op: &dyn Fn(Matrix<TrainTape>) -> Matrix<TrainTape>,
+    ) {
+        let run = || {
+            let y = op(x.leaky_trace());
+            let n = y.shape().num_elements();
+            let r = x.device().tensor_from_vec(values(n, 0.77, 1.0), *y.shape());
+            let out = y.retaped::<NoneTape>().as_vec();
+            let g = (y * r).sum::<Rank0, _>().backward();
+            let mut gs = vec![g.get(x).as_vec()];
+            gs.extend(params.iter().map(|p| g.get(*p).as_vec()));
+            (out, gs)
+        };
+        let (fy, fg) = run();
+        let (py, pg) = with_plain_ops(run);
+        close(&format!("{name} forward"), &fy, &py, 1e-5);
+        for (i, (f, p)) in fg.iter().zip(&pg).enumerate() {
+            close(&format!("{name} grad {i}"), f, p, 1e-4);
+        }
+    }
+
+    #[test]
+    fn fused_ops_match_plain_ops() {
+        assert!(fused_enabled());
+        let dev = Dev::default();
+        let (n, d) = (37, 24);
+        let x = dev.tensor_from_vec(values(n * d, 0.31, 4.0), (n, d));
+        let w = dev.tensor_from_vec(values(d, 1.7, 0.5), (d,));
+        let b = dev.tensor_from_vec(values(d, 2.3, 0.5), (d,));
+        check("gelu", &x, &[], &|x| gelu(x));
+        check("rms_norm", &x, &[&w], &|x| rms_norm(x, &w, 1e-6));
+        check("layer_norm", &x, &[&w, &b], &|x| layer_norm(x, &w, &b, 1e-6));
+        let u = dev.tensor_from_vec(values(n * d, 0.13, 2.0), (n, d));
+        check("geglu", &x, &[], &|x| geglu(x.retaped::<TrainTape>() * 0.7, x * u.clone()));
+        // scores [b=2, h=3, q=5, k=6] from a [30, 6] matrix, with a mask that blocks some keys
+        let (bb, h, q, k) = (2, 3, 5, 6);
+        let s = dev.tensor_from_vec(values(bb * h * q * k, 0.57, 3.0), (bb * h * q, k));
+        let allowed: Vec<bool> = (0..bb * q * k).map(|i| i % 4 != 3).collect();
+        let m = crate::attention::additive_mask(&dev, &allowed, bb, q, k);
+        for mask in [None, Some(&m)] {
+            check("masked_softmax", &s, &[], &|x| {
+                masked_softmax(x.reshape_like(&(bb, h, q, k)), 0.25, mask).reshape_like(&(bb * h * q, k))
+            });
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn fast_exp_and_tanh_are_accurate() {
+        for i in -8000..=8000 {
+            let x = i as f32 * 0.01;
+            let e = cpu::exp(x);
+            assert!((e - x.exp()).abs() <= 3e-7 * x.exp(), "exp({x}) = {e} vs {}", x.exp());
+            let t = cpu::tanh(x);
+            assert!((t - x.tanh()).abs() <= 3e-7, "tanh({x}) = {t} vs {}", x.tanh());
+        }
+    }
+}

@@ -30,6 +30,8 @@ pub struct BenchReport {
     pub forward_ms: f64,
     /// Training step: forward with tape, backward, AdamW.
     pub train_step_ms: f64,
+    /// CPU time (all threads) per training step: robust to other load on the machine.
+    pub train_step_cpu_ms: f64,
     pub train_forward_ms: f64,
     pub backward_ms: f64,
     pub optimizer_ms: f64,
@@ -72,6 +74,15 @@ pub fn synthetic_batch(cfg: &PaliGemmaConfig, batch: usize, text_len: usize, see
     Ok(input)
 }
 
+/// CPU time of this process (user + system, all threads), in milliseconds.
+fn cpu_ms() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 * 1e3 + v.tv_usec as f64 / 1e3;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -80,15 +91,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Times `steps` inference forwards and `steps` training steps (after 2 warm-up steps) of a
 /// random `cfg` model on a synthetic batch.
 pub fn bench(cfg: &PaliGemmaConfig, batch: usize, text_len: usize, steps: usize) -> Result<BenchReport> {
+    crate::tune_malloc();
     let dev = device();
     let mut model = PaliGemma::new(cfg, &dev, 0)?;
     let input = synthetic_batch(cfg, batch, text_len, 0)?;
     let opts = LossOptions::default();
     let mut opt = AdamW::new(AdamWConfig { lr: 1e-4, ..Default::default() });
     let steps = steps.max(1);
-    let (mut fwd, mut step, mut tf, mut bw, mut up) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut fwd, mut step, mut tf, mut bw, mut up, mut cpu) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut first, mut last) = (None, 0.0);
     for i in 0..steps + 2 {
+        let c0 = cpu_ms();
         let t0 = Instant::now();
         let loss = model.loss::<TrainTape>(&input, &opts);
         let value = loss.array();
@@ -98,6 +111,7 @@ pub fn bench(cfg: &PaliGemmaConfig, batch: usize, text_len: usize, steps: usize)
         opt.update(&mut model, &mut grads);
         drop(grads);
         let t3 = Instant::now();
+        let c3 = cpu_ms();
         first.get_or_insert(value);
         last = value;
         let t4 = Instant::now();
@@ -110,6 +124,7 @@ pub fn bench(cfg: &PaliGemmaConfig, batch: usize, text_len: usize, steps: usize)
             bw.push(ms(t1, t2));
             up.push(ms(t2, t3));
             step.push(ms(t0, t3));
+            cpu.push(c3 - c0);
             fwd.push(ms(t4, t5));
         }
     }
@@ -123,6 +138,7 @@ pub fn bench(cfg: &PaliGemmaConfig, batch: usize, text_len: usize, steps: usize)
         steps,
         forward_ms: fwd_ms,
         train_step_ms: step_ms,
+        train_step_cpu_ms: median(cpu),
         train_forward_ms: median(tf),
         backward_ms: median(bw),
         optimizer_ms: median(up),

@@ -141,7 +141,8 @@ mod cpu {
     #[inline(always)]
     pub(super) fn exp(x: f32) -> f32 {
         let x = x.clamp(-87.0, 88.0);
-        let k = (x * std::f32::consts::LOG2_E).round();
+        // round to nearest by the 1.5 * 2^23 trick (no libm call, vectorises)
+        let k = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
         // ln 2 split in two (the high part exact in few bits) so that r keeps full precision
         let r = (x - k * 0.693_145_75) - k * 1.428_606_8e-6;
         let p = 1.0

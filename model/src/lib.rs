@@ -55,6 +55,20 @@ pub type Matrix<T = dfdx::tensor::NoneTape> = dfdx::tensor::Tensor<(usize, usize
 /// Gradients of a backward pass, keyed by tensor.
 pub type Gradients = dfdx::tensor::Gradients<f32, Dev>;
 
+/// Keeps freed large buffers in glibc's heap instead of returning them to the kernel, so that
+/// the per-step tensors of training reuse memory without page faults and zero-filling (about a
+/// fifth of the CPU time of a `small` training step otherwise). Process-wide; call once at the
+/// start of training or benchmarking. No effect off glibc.
+pub fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20); // glibc's maximum
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
 /// Creates the device (CPU, or GPU 0 with the `cuda` feature), with dfdx's buffer cache on
 /// (reuses freed allocations: fewer page faults and zero-fills; `PALIFORGE_DFDX_CACHE=0` turns
 /// it off).

@@ -148,13 +148,13 @@ fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
 }
 
 /// Where every tensor of a checkpoint is: canonical name -> (file index, stored name).
-fn index_tensors(files: &[Mapped]) -> Result<HashMap<String, (usize, String)>> {
+fn index_tensors(files: &[Mapped], rename: &dyn Fn(&str) -> Option<String>) -> Result<HashMap<String, (usize, String)>> {
     let mut out = HashMap::new();
     for (fi, f) in files.iter().enumerate() {
         let st = SafeTensors::deserialize(&f.mmap)
             .map_err(|e| ModelError::Safetensors { path: f.path.clone(), message: e.to_string() })?;
         for name in st.names() {
-            let Some(c) = canonical_name(name) else { continue };
+            let Some(c) = rename(name) else { continue };
             if out.insert(c.clone(), (fi, name.clone())).is_some() {
                 return Err(ModelError::UnexpectedTensor { name: format!("{name} (duplicate of {c})"), path: f.path.clone() });
             }
@@ -163,10 +163,43 @@ fn index_tensors(files: &[Mapped]) -> Result<HashMap<String, (usize, String)>> {
     Ok(out)
 }
 
+/// How a checkpoint maps onto the model's parameters.
+pub(crate) struct LoadPlan<'a> {
+    /// Stored name -> canonical name; `None` skips the tensor.
+    pub rename: &'a dyn Fn(&str) -> Option<String>,
+    /// Canonical names that may be absent (the model keeps its values).
+    pub optional: &'a dyn Fn(&str) -> bool,
+    /// Resample a position embedding stored for another grid to the model's.
+    pub resize_position_embedding: bool,
+    /// The token embedding may have fewer rows than the model's: the first rows are loaded
+    /// (vocabulary extension), the rest keep their values.
+    pub partial_embedding: bool,
+}
+
+const POS_EMB: &str = "vision_tower.embeddings.position_embedding.weight";
+const EMBED: &str = "language_model.model.embed_tokens.weight";
+
+/// Overwrites every parameter of `model` from the checkpoint at `path` (file or folder).
+/// With `resize_position_embedding`, a position embedding stored for another resolution is
+/// resampled (bilinear) to the model's grid.
+pub fn load_weights_with(model: &mut PaliGemma, path: &Path, resize_position_embedding: bool) -> Result<()> {
+    let plan = LoadPlan {
+        rename: &canonical_name,
+        optional: &|_| false,
+        resize_position_embedding,
+        partial_embedding: false,
+    };
+    load_planned(model, path, &plan)
+}
+
 /// Overwrites every parameter of `model` from the checkpoint at `path` (file or folder).
 pub fn load_weights(model: &mut PaliGemma, path: &Path) -> Result<()> {
+    load_weights_with(model, path, false)
+}
+
+pub(crate) fn load_planned(model: &mut PaliGemma, path: &Path, plan: &LoadPlan) -> Result<()> {
     let files: Vec<Mapped> = weight_files(path)?.iter().map(|p| map_file(p)).collect::<Result<_>>()?;
-    let index = index_tensors(&files)?;
+    let index = index_tensors(&files, plan.rename)?;
     let parsed: Vec<SafeTensors> = files
         .iter()
         .map(|f| {
@@ -182,32 +215,77 @@ pub fn load_weights(model: &mut PaliGemma, path: &Path) -> Result<()> {
             return;
         }
         result = (|| {
-            let (fi, stored) = index.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string() })?;
+            let Some((fi, stored)) = index.get(name) else {
+                if (plan.optional)(name) {
+                    return Ok(());
+                }
+                return Err(ModelError::MissingTensor { name: name.to_string() });
+            };
             let view = parsed[*fi].tensor(stored).map_err(|e| ModelError::Safetensors {
                 path: files[*fi].path.clone(),
                 message: format!("{stored}: {e}"),
             })?;
             let expected = hf_shape(&cfg, name, &p.shape());
-            if view.shape() != expected.as_slice() {
-                return Err(ModelError::ShapeMismatch {
-                    name: stored.clone(),
-                    expected,
-                    found: view.shape().to_vec(),
-                });
-            }
+            let found = view.shape().to_vec();
             let data = to_f32(stored, view.dtype(), view.data())?;
-            p.copy_from(&data);
+            let mismatch = || ModelError::ShapeMismatch { name: stored.clone(), expected: expected.clone(), found: found.clone() };
+            if found == expected {
+                p.copy_from(&data);
+            } else if name == POS_EMB && plan.resize_position_embedding && found.len() == 2 && found[1] == expected[1] {
+                let from = (found[0] as f64).sqrt().round() as usize;
+                if from * from != found[0] {
+                    return Err(mismatch());
+                }
+                tracing::info!(from, to = cfg.vision.grid(), "resampling the position embedding grid");
+                p.copy_from(&resize_grid(&data, from, cfg.vision.grid(), expected[1]));
+            } else if name == EMBED && plan.partial_embedding && found.len() == 2 && found[1] == expected[1] && found[0] <= expected[0] {
+                let mut cur = match &p {
+                    ParamMut::Matrix(t) => t.as_vec(),
+                    ParamMut::Vector(t) => t.as_vec(),
+                };
+                cur[..data.len()].copy_from_slice(&data);
+                p.copy_from(&cur);
+            } else {
+                return Err(mismatch());
+            }
             seen.insert(name.to_string());
             Ok(())
         })();
     });
     result?;
-    if let Some((c, (fi, stored))) = index.iter().filter(|(c, _)| !seen.contains(*c)).min_by_key(|(c, _)| c.as_str()) {
-        let _ = c;
+    if let Some((_, (fi, stored))) = index.iter().filter(|(c, _)| !seen.contains(*c)).min_by_key(|(c, _)| c.as_str()) {
         return Err(ModelError::UnexpectedTensor { name: stored.clone(), path: files[*fi].path.clone() });
     }
     tracing::info!(path = %path.display(), tensors = seen.len(), "loaded weights");
     Ok(())
+}
+
+/// Resamples a `[from*from, dim]` grid of embeddings (row-major) to `[to*to, dim]`, bilinear
+/// with half-pixel centres (`align_corners=False`), edges clamped.
+pub fn resize_grid(data: &[f32], from: usize, to: usize, dim: usize) -> Vec<f32> {
+    assert_eq!(data.len(), from * from * dim, "grid size");
+    let coord = |i: usize| -> (usize, usize, f32) {
+        let x = ((i as f64 + 0.5) * from as f64 / to as f64 - 0.5).clamp(0.0, (from - 1) as f64);
+        let x0 = x.floor() as usize;
+        let x1 = (x0 + 1).min(from - 1);
+        (x0, x1, (x - x0 as f64) as f32)
+    };
+    let mut out = vec![0.0; to * to * dim];
+    for y in 0..to {
+        let (y0, y1, fy) = coord(y);
+        for x in 0..to {
+            let (x0, x1, fx) = coord(x);
+            let o = &mut out[(y * to + x) * dim..(y * to + x + 1) * dim];
+            let at = |yy: usize, xx: usize| &data[(yy * from + xx) * dim..(yy * from + xx + 1) * dim];
+            let (a, b, c, d) = (at(y0, x0), at(y0, x1), at(y1, x0), at(y1, x1));
+            for k in 0..dim {
+                let top = a[k] * (1.0 - fx) + b[k] * fx;
+                let bot = c[k] * (1.0 - fx) + d[k] * fx;
+                o[k] = top * (1.0 - fy) + bot * fy;
+            }
+        }
+    }
+    out
 }
 
 /// Loads a Hugging Face PaliGemma folder (`config.json` and safetensors).
@@ -215,6 +293,16 @@ pub fn load(dir: &Path, dev: &Dev) -> Result<PaliGemma> {
     let cfg = PaliGemmaConfig::load(&dir.join(CONFIG_FILE))?;
     let mut model = PaliGemma::new(&cfg, dev, 0)?;
     load_weights(&mut model, dir)?;
+    Ok(model)
+}
+
+/// Loads a PaliGemma folder for another input resolution (Stage 2: 224 -> 448, say): the
+/// learned position-embedding grid is resampled to `image_size / patch_size` per side.
+pub fn load_at_resolution(dir: &Path, dev: &Dev, image_size: usize) -> Result<PaliGemma> {
+    let mut cfg = PaliGemmaConfig::load(&dir.join(CONFIG_FILE))?;
+    cfg.vision.image_size = image_size;
+    let mut model = PaliGemma::new(&cfg, dev, 0)?;
+    load_weights_with(&mut model, dir, true)?;
     Ok(model)
 }
 
@@ -326,6 +414,22 @@ pub fn save(model: &PaliGemma, dir: &Path, opts: &SaveOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grid_resize_is_identity_at_the_same_size_and_interpolates_when_growing() {
+        let dim = 2;
+        let g: Vec<f32> = (0..4 * 4 * dim).map(|i| i as f32).collect();
+        assert_eq!(resize_grid(&g, 4, 4, dim), g);
+        // a linear ramp stays a ramp (away from the clamped border) when upsampled 2x
+        let ramp: Vec<f32> = (0..16).flat_map(|i| [(i % 4) as f32, (i / 4) as f32]).collect();
+        let up = resize_grid(&ramp, 4, 8, 2);
+        // output x = 3 maps to input (3.5 * 4 / 8 - 0.5) = 1.25
+        assert!((up[(2 * 8 + 3) * 2] - 1.25).abs() < 1e-6);
+        assert!((up[(3 * 8 + 2) * 2 + 1] - 1.25).abs() < 1e-6);
+        assert_eq!(up[0], 0.0);
+        let down = resize_grid(&up, 8, 4, 2);
+        assert!(down.iter().zip(&ramp).all(|(a, b)| (a - b).abs() < 0.26));
+    }
 
     #[test]
     fn names_from_every_layout_map_to_one() {

@@ -28,6 +28,7 @@ pub mod loss;
 pub mod optim;
 pub mod paligemma;
 pub mod siglip;
+pub mod stage0;
 
 pub use bench::{BenchReport, bench};
 pub use checkpoint::NameLayout;

@@ -80,3 +80,19 @@ fn missing_extra_and_misshapen_tensors_are_named() {
     t.push(("lm_head.weight".into(), emb.1, emb.2));
     load_edited(t).unwrap();
 }
+
+#[test]
+fn loading_at_another_resolution_resamples_the_position_embedding() {
+    let m = tiny_model();
+    let dir = tempfile::tempdir().unwrap();
+    checkpoint::save(&m, dir.path(), &SaveOptions::default()).unwrap();
+    let big = checkpoint::load_at_resolution(dir.path(), &model::device(), 112).unwrap();
+    assert_eq!(big.cfg.vision.image_size, 112);
+    assert_eq!(big.cfg.num_image_tokens(), 64);
+    let want = checkpoint::resize_grid(&m.vision_tower.embeddings.position_embedding.as_vec(), 4, 8, 32);
+    assert_eq!(big.vision_tower.embeddings.position_embedding.as_vec(), want);
+    // loading it without resizing is a named shape error
+    let mut strict = PaliGemma::new(&big.cfg, &model::device(), 0).unwrap();
+    let e = checkpoint::load_weights(&mut strict, dir.path()).unwrap_err();
+    assert!(e.to_string().contains("position_embedding"), "{e}");
+}

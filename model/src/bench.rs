@@ -35,6 +35,9 @@ pub struct BenchReport {
     pub train_forward_ms: f64,
     pub backward_ms: f64,
     pub optimizer_ms: f64,
+    /// Model FLOPs of one training step (forward + backward: 6 x weights x tokens, plus
+    /// attention), for utilisation figures.
+    pub train_step_flops: f64,
     /// Tokens (image + text) per second of training.
     pub train_tokens_per_s: f64,
     /// Tokens per second of inference forward.
@@ -83,6 +86,21 @@ fn cpu_ms() -> f64 {
     t(u.ru_utime) + t(u.ru_stime)
 }
 
+/// FLOPs of forward + backward (3x forward) for one batch: 2 per weight per token in each
+/// matmul, plus QK^T and PV; the LM head only at the loss positions is ignored (small).
+pub fn train_flops(cfg: &PaliGemmaConfig, batch: usize, seq_len: usize) -> f64 {
+    let (v, t) = (&cfg.vision, &cfg.text);
+    let n = cfg.num_image_tokens() as f64;
+    let (vd, vm) = (v.hidden_size as f64, v.intermediate_size as f64);
+    let vis_layer = 2.0 * n * (4.0 * vd * vd + 2.0 * vd * vm) + 4.0 * n * n * vd;
+    let vis = v.num_hidden_layers as f64 * vis_layer + 2.0 * n * (v.patch_dim() as f64 * vd + vd * t.hidden_size as f64);
+    let (d, hd, l) = (t.hidden_size as f64, t.head_dim as f64, seq_len as f64);
+    let (nh, nkv, m) = (t.num_attention_heads as f64, t.num_key_value_heads as f64, t.intermediate_size as f64);
+    let txt_layer = 2.0 * l * (d * hd * (2.0 * nh + 2.0 * nkv) + 3.0 * d * m) + 4.0 * l * l * nh * hd;
+    let txt = t.num_hidden_layers as f64 * txt_layer;
+    3.0 * batch as f64 * (vis + txt)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -91,6 +109,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Times `steps` inference forwards and `steps` training steps (after 2 warm-up steps) of a
 /// random `cfg` model on a synthetic batch.
 pub fn bench(cfg: &PaliGemmaConfig, batch: usize, text_len: usize, steps: usize) -> Result<BenchReport> {
+    bench_with(cfg, batch, text_len, steps, true)
+}
+
+/// [`bench`], optionally without the optimiser (forward + backward only: no AdamW moments,
+/// for the largest models on one GPU).
+pub fn bench_with(cfg: &PaliGemmaConfig, batch: usize, text_len: usize, steps: usize, optimizer: bool) -> Result<BenchReport> {
     crate::tune_malloc();
     let dev = device();
     let mut model = PaliGemma::new(cfg, &dev, 0)?;
@@ -108,7 +132,9 @@ pub fn bench(cfg: &PaliGemmaConfig, batch: usize, text_len: usize, steps: usize)
         let t1 = Instant::now();
         let mut grads = loss.backward();
         let t2 = Instant::now();
-        opt.update(&mut model, &mut grads);
+        if optimizer {
+            opt.update(&mut model, &mut grads);
+        }
         drop(grads);
         let t3 = Instant::now();
         let c3 = cpu_ms();
@@ -142,6 +168,7 @@ pub fn bench(cfg: &PaliGemmaConfig, batch: usize, text_len: usize, steps: usize)
         train_forward_ms: median(tf),
         backward_ms: median(bw),
         optimizer_ms: median(up),
+        train_step_flops: train_flops(cfg, batch, input.len),
         train_tokens_per_s: tokens / step_ms * 1e3,
         forward_tokens_per_s: tokens / fwd_ms * 1e3,
         first_loss: first.unwrap_or(f32::NAN),

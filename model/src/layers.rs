@@ -161,9 +161,30 @@ pub(crate) struct Init<'a, R: Rng> {
 }
 
 impl<R: Rng> Init<'_, R> {
+    /// Zero-mean noise of standard deviation `std`: normal for small tensors, uniform
+    /// (+-sqrt(3) std, from a counter-based hash, in parallel) past a million values so that a
+    /// 3B-parameter model initialises in seconds.
     pub fn normal(&mut self, rows: usize, cols: usize, std: f32) -> Matrix {
-        let d = Normal::new(0.0f32, std).expect("std");
-        let v: Vec<f32> = (0..rows * cols).map(|_| d.sample(self.rng)).collect();
+        let n = rows * cols;
+        let v: Vec<f32> = if n <= 1 << 20 {
+            let d = Normal::new(0.0f32, std).expect("std");
+            (0..n).map(|_| d.sample(self.rng)).collect()
+        } else {
+            use rayon::prelude::*;
+            let key: u64 = self.rng.r#gen();
+            let a = std * 3f32.sqrt();
+            (0..n as u64)
+                .into_par_iter()
+                .map(|i| {
+                    // splitmix64 of (key, i) -> uniform in [-a, a)
+                    let mut z = key.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                    z ^= z >> 31;
+                    ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
+                })
+                .collect()
+        };
         self.dev.tensor_from_vec(v, (rows, cols))
     }
     pub fn weight(&mut self, rows: usize, cols: usize) -> Matrix {

@@ -30,7 +30,7 @@ pub mod paligemma;
 pub mod siglip;
 pub mod stage0;
 
-pub use bench::{BenchReport, bench};
+pub use bench::{BenchReport, bench, bench_with};
 pub use checkpoint::NameLayout;
 pub use config::{PaliGemmaConfig, TextConfig, VisionConfig};
 pub use decode::{BeamOptions, DecodeOptions, Generation, Prompt, beam_search, greedy};

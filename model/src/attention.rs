@@ -99,12 +99,7 @@ impl Rope {
         let hd = self.rot.shape().0;
         assert_eq!(width, heads * hd, "rope width");
         assert_eq!(n, self.cos.shape().0, "rope: tokens vs table rows");
-        let s = (n, heads, hd);
-        let x = x.reshape_like(&s);
-        let rotated = x.retaped::<T>().matmul(self.rot.clone());
-        let y = x * self.cos.clone().broadcast_like::<_, Axis<1>>(&s)
-            + rotated * self.sin.clone().broadcast_like::<_, Axis<1>>(&s);
-        y.reshape_like(&(n, width))
+        crate::fused::rope(x, heads, &self.cos, &self.sin, &self.rot)
     }
 }
 
@@ -199,9 +194,15 @@ mod tests {
         assert!((dot(7, 2) - dot(15, 10)).abs() < 1e-5);
     }
 
-    /// Guards the slice-backward trap: d/dx sum(w * rope(x)) = w*cos + rotate_half^T(w*sin).
+    /// Guards the slice-backward trap: d/dx sum(w * rope(x)) = w*cos + rotate_half^T(w*sin),
+    /// for both the fused CPU op and the plain-op (matmul) form.
     #[test]
     fn rope_gradient_is_exact() {
+        rope_gradient_check();
+        crate::fused::with_plain_ops(rope_gradient_check);
+    }
+
+    fn rope_gradient_check() {
         let dev = Dev::default();
         let (n, heads, hd) = (3, 2, 8);
         let r = Rope::new(&dev, &[1, 4, 9], hd, 10000.0);

@@ -65,6 +65,25 @@ pub mod plain {
         x * inv.broadcast_like::<_, Axis<1>>(&s) * gain.broadcast_like::<_, Axis<0>>(&s)
     }
 
+    /// `x + b` for every row.
+    pub fn add_bias<T: Tape<f32, Dev>>(x: Matrix<T>, b: &Vector) -> Matrix<T> {
+        let s = *x.shape();
+        x + b.retaped::<T>().broadcast_like::<_, Axis<0>>(&s)
+    }
+
+    /// Rotary embedding of `x` = `[tokens, heads * hd]` with `[tokens, hd]` tables; `rot` is the
+    /// signed permutation computing rotate_half as a matmul (dfdx's slice backward assigns
+    /// instead of adding, so slices would break the gradient).
+    pub fn rope<T: Tape<f32, Dev>>(x: Matrix<T>, heads: usize, cos: &Matrix, sin: &Matrix, rot: &Matrix) -> Matrix<T> {
+        let (n, width) = *x.shape();
+        let hd = width / heads;
+        let s = (n, heads, hd);
+        let x = x.reshape_like(&s);
+        let rotated = x.retaped::<T>().matmul(rot.clone());
+        let y = x * cos.clone().broadcast_like::<_, Axis<1>>(&s) + rotated * sin.clone().broadcast_like::<_, Axis<1>>(&s);
+        y.reshape_like(&(n, width))
+    }
+
     pub fn layer_norm<T: Tape<f32, Dev>>(x: Matrix<T>, w: &Vector, b: &Vector, eps: f64) -> Matrix<T> {
         let s = *x.shape();
         x.normalize::<Axis<1>>(eps) * w.retaped::<T>().broadcast_like::<_, Axis<0>>(&s)
@@ -108,6 +127,24 @@ pub fn rms_norm<T: Tape<f32, Dev>>(x: Matrix<T>, w: &Vector, eps: f64) -> Matrix
         return cpu::rms_norm(x, w, eps);
     }
     plain::rms_norm(x, w, eps)
+}
+
+/// `x + b` for every row.
+pub fn add_bias<T: Tape<f32, Dev>>(x: Matrix<T>, b: &Vector) -> Matrix<T> {
+    #[cfg(not(feature = "cuda"))]
+    if fused_enabled() {
+        return cpu::add_bias(x, b);
+    }
+    plain::add_bias(x, b)
+}
+
+/// Half-split rotary embedding: `x * cos + rotate_half(x) * sin` per head.
+pub fn rope<T: Tape<f32, Dev>>(x: Matrix<T>, heads: usize, cos: &Matrix, sin: &Matrix, rot: &Matrix) -> Matrix<T> {
+    #[cfg(not(feature = "cuda"))]
+    if fused_enabled() {
+        return cpu::rope(x, heads, cos, sin);
+    }
+    plain::rope(x, heads, cos, sin, rot)
 }
 
 /// LayerNorm `(x - mean) / sqrt(var + eps) * w + b` (biased variance).
@@ -378,6 +415,107 @@ mod cpu {
         out.put_tape(tape)
     }
 
+    simd_kernel! {
+        /// Rows of `x` plus `b`.
+        fn add_bias_rows(y: &mut [f32], x: &[f32], b: &[f32]) {
+            for (y, x) in y.chunks_mut(b.len()).zip(x.chunks(b.len())) {
+                for j in 0..b.len() {
+                    y[j] = x[j] + b[j];
+                }
+            }
+        }
+    }
+
+    pub fn add_bias<T: Tape<f32, Dev>>(x: Matrix<T>, b: &Vector) -> Matrix<T> {
+        let (x, mut tape) = x.contiguous().split_tape();
+        let s = *x.shape();
+        let d = s.1;
+        assert_eq!(b.shape().0, d, "bias width");
+        let xv = host(&x);
+        let bv = host(b);
+        let per = rows_per_task(d);
+        let mut y = vec![0.0; xv.len()];
+        y.par_chunks_mut(per * d).zip(xv.par_chunks(per * d)).for_each(|(y, x)| add_bias_rows(y, x, &bv));
+        drop(xv);
+        let (ghost, out) = output(x.device(), y, s, NoneTape);
+        if T::OWNS_TAPE {
+            let b = b.clone();
+            tape.add_backward_op(move |grads| {
+                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
+                let db = go
+                    .par_chunks(per * d)
+                    .fold(|| vec![0.0f32; d], |mut acc, g| {
+                        for g in g.chunks(d) {
+                            acc.iter_mut().zip(g).for_each(|(a, g)| *a += g);
+                        }
+                        acc
+                    })
+                    .reduce(|| vec![0.0f32; d], |mut a, c| {
+                        a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
+                        a
+                    });
+                let gi = grads.get_or_alloc_mut(&x)?;
+                gi.par_chunks_mut(16384).zip(go.par_chunks(16384)).for_each(|(gi, go)| {
+                    gi.iter_mut().zip(go).for_each(|(a, g)| *a += g);
+                });
+                let gb = grads.get_or_alloc_mut(&b)?;
+                gb.iter_mut().zip(&db).for_each(|(a, c)| *a += c);
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
+    simd_kernel! {
+        /// One token's heads: y = x * cos + rotate_half(x) * sin (`sign` -1: the transpose, for
+        /// backward: g * cos + rotate_half^T(g * sin)).
+        fn rope_row(y: &mut [f32], x: &[f32], c: &[f32], s: &[f32], sign: f32) {
+            let hd = c.len();
+            let half = hd / 2;
+            for (y, x) in y.chunks_mut(hd).zip(x.chunks(hd)) {
+                for j in 0..half {
+                    let (a, b) = (x[j], x[j + half]);
+                    y[j] = a * c[j] - sign * b * s[j];
+                    y[j + half] = b * c[j + half] + sign * a * s[j + half];
+                }
+            }
+        }
+    }
+
+    pub fn rope<T: Tape<f32, Dev>>(x: Matrix<T>, heads: usize, cos: &Matrix, sin: &Matrix) -> Matrix<T> {
+        let (x, mut tape) = x.contiguous().split_tape();
+        let s = *x.shape();
+        let (n, width) = s;
+        let hd = width / heads;
+        assert_eq!(*cos.shape(), (n, hd), "rope table");
+        let (cv, sv) = (host(cos), host(sin));
+        let xv = host(&x);
+        let per = rows_per_task(width);
+        let mut y = vec![0.0; xv.len()];
+        let apply = move |y: &mut [f32], x: &[f32], cv: &[f32], sv: &[f32], sign: f32| {
+            y.par_chunks_mut(per * width).zip(x.par_chunks(per * width)).enumerate().for_each(|(c, (y, x))| {
+                for (i, (y, x)) in y.chunks_mut(width).zip(x.chunks(width)).enumerate() {
+                    let t = c * per + i;
+                    rope_row(y, x, &cv[t * hd..(t + 1) * hd], &sv[t * hd..(t + 1) * hd], sign);
+                }
+            })
+        };
+        apply(&mut y, &xv, &cv, &sv, 1.0);
+        drop(xv);
+        let (ghost, out) = output(x.device(), y, s, NoneTape);
+        if T::OWNS_TAPE {
+            tape.add_backward_op(move |grads| {
+                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
+                let mut gx = vec![0.0; go.len()];
+                apply(&mut gx, &go, &cv, &sv, -1.0);
+                let gi = grads.get_or_alloc_mut(&x)?;
+                gi.iter_mut().zip(&gx).for_each(|(a, g)| *a += g);
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
     pub fn rms_norm<T: Tape<f32, Dev>>(x: Matrix<T>, w: &Vector, eps: f64) -> Matrix<T> {
         let (x, mut tape) = x.contiguous().split_tape();
         let s = *x.shape();
@@ -584,6 +722,9 @@ mod tests {
         check("gelu", &x, &[], &|x| gelu(x));
         check("rms_norm", &x, &[&w], &|x| rms_norm(x, &w, 1e-6));
         check("layer_norm", &x, &[&w, &b], &|x| layer_norm(x, &w, &b, 1e-6));
+        check("add_bias", &x, &[&w], &|x| add_bias(x, &w));
+        let r = crate::attention::Rope::new(&dev, &(0..n as u32).map(|p| p * 3 + 1).collect::<Vec<_>>(), 8, 10000.0);
+        check("rope", &x, &[], &|x| rope(x, 3, &r.cos, &r.sin, &r.rot));
         let u = dev.tensor_from_vec(values(n * d, 0.13, 2.0), (n, d));
         check("geglu", &x, &[], &|x| geglu(x.retaped::<TrainTape>() * 0.7, x * u.clone()));
         // scores [b=2, h=3, q=5, k=6] from a [30, 6] matrix, with a mask that blocks some keys

@@ -223,10 +223,7 @@ impl Linear {
     pub fn forward<T: Tape<f32, Dev>>(&self, x: Matrix<T>) -> Matrix<T> {
         let y = x.matmul(self.weight.retaped::<T>().permute::<_, Axes2<1, 0>>());
         match &self.bias {
-            Some(b) => {
-                let s = *y.shape();
-                y + b.retaped::<T>().broadcast_like::<_, Axis<0>>(&s)
-            }
+            Some(b) => crate::fused::add_bias(y, b),
             None => y,
         }
     }

@@ -8,6 +8,7 @@
 use dfdx::prelude::*;
 
 use crate::attention::{Rope, additive_mask, allowed};
+use crate::config::PaliGemmaConfig;
 use crate::error::{ModelError, Result};
 use crate::gemma::KvCache;
 use crate::input::ModelInput;
@@ -21,6 +22,16 @@ pub struct Prompt {
     pub tokens: Vec<u32>,
     pub n_images: usize,
     pub pixels: Vec<f32>,
+}
+
+impl Prompt {
+    /// The prompt transformers' PaliGemmaProcessor builds: `<image>` x num_image_tokens for each
+    /// image, then `text` (which must hold `<bos>`, the prompt's tokens and `"\n"`).
+    pub fn with_images(cfg: &PaliGemmaConfig, text: &[u32], n_images: usize, pixels: Vec<f32>) -> Self {
+        let mut tokens = vec![cfg.image_token_id; n_images * cfg.num_image_tokens()];
+        tokens.extend_from_slice(text);
+        Prompt { tokens, n_images, pixels }
+    }
 }
 
 /// Options of both decoders.

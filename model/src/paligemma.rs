@@ -166,6 +166,27 @@ impl PaliGemma {
         Ok((value, loss.backward()))
     }
 
+    /// Per-position cross-entropy of the next token (unweighted; 0 where the loss weight is 0),
+    /// `[batch * len]`: per-task losses and metrics aggregate it by segment.
+    pub fn token_losses(&self, input: &ModelInput) -> Result<Vec<f32>> {
+        input.validate(&self.cfg)?;
+        let h = self.hidden::<NoneTape>(input);
+        let targets = input.targets();
+        let rows: Vec<usize> = (0..targets.len()).filter(|&i| input.loss_weights[i] != 0.0).collect();
+        let mut out = vec![0.0; targets.len()];
+        if rows.is_empty() {
+            return Ok(out);
+        }
+        let m = rows.len();
+        let idx = self.dev.tensor_from_vec(rows.clone(), (m,));
+        let t = self.dev.tensor_from_vec(rows.iter().map(|&i| targets[i] as usize).collect::<Vec<_>>(), (m,));
+        let lp = self.language_model.lm_head(h.gather(idx)).log_softmax::<Axis<1>>().select(t).as_vec();
+        for (k, &i) in rows.iter().enumerate() {
+            out[i] = -lp[k];
+        }
+        Ok(out)
+    }
+
     /// Inference logits, `[batch * len, vocab]` row-major.
     pub fn predict_logits(&self, input: &ModelInput) -> Result<Vec<f32>> {
         input.validate(&self.cfg)?;

@@ -99,3 +99,59 @@ fn plain_dfdx_ops_match_too() {
         }
     });
 }
+
+#[test]
+fn token_losses_average_to_the_loss() {
+    let fx = read_all("fixture.safetensors");
+    let m = tiny_model();
+    let input = fixture_input(&fx);
+    let per = m.token_losses(&input).unwrap();
+    let n = input.loss_weights.iter().filter(|&&w| w != 0.0).count();
+    assert_eq!(n, 8);
+    assert!(per.iter().zip(&input.loss_weights).all(|(l, w)| (*w == 0.0) == (*l == 0.0)));
+    let mean = per.iter().sum::<f32>() / n as f32;
+    assert!((mean as f64 - fx["loss"].data[0]).abs() < 1e-5, "{mean}");
+}
+
+/// Two examples packed in one row (segments 1 and 2, positions restarting) give the logits each
+/// gets alone: the mask isolates them and RoPE sees per-example positions.
+#[test]
+fn packed_examples_match_the_unpacked_oracle() {
+    let fx = read_all("fixture.safetensors");
+    let m = tiny_model();
+    let alone = fixture_input(&fx);
+    let l = alone.len;
+    let real: Vec<usize> = (0..2).map(|b| (0..l).filter(|&t| alone.segment_ids[b * l + t] != 0).count()).collect();
+    let mut p = model::ModelInput { batch: 1, len: real[0] + real[1], n_images: 2, pixels: alone.pixels.clone(), ..Default::default() };
+    for b in 0..2 {
+        let start = p.tokens.len();
+        p.image_slots.push((0, start));
+        for t in 0..real[b] {
+            let i = b * l + t;
+            p.tokens.push(alone.tokens[i]);
+            p.segment_ids.push(b as u16 + 1);
+            p.positions.push(t as u32 + 1);
+            p.causal.push(alone.causal[i]);
+            p.loss_weights.push(alone.loss_weights[i]);
+        }
+    }
+    let logits = m.predict_logits(&p).unwrap();
+    let v = m.cfg.text.vocab_size;
+    let want = &fx["logits"].data;
+    let mut worst = 0.0f64;
+    let mut off = 0;
+    for b in 0..2 {
+        for t in 0..real[b] {
+            for k in 0..v {
+                let d = (logits[(off + t) * v + k] as f64 - want[(b * l + t) * v + k]).abs();
+                worst = worst.max(d);
+            }
+        }
+        off += real[b];
+    }
+    println!("packed vs oracle max|diff| = {worst:.3e}");
+    assert!(worst < 1e-4, "packed logits differ by {worst}");
+    // and the loss over the packed row equals the oracle's (same 8 targets)
+    let (loss, _) = m.loss_and_grads(&p, &model::LossOptions::default()).unwrap();
+    assert!((loss as f64 - fx["loss"].data[0]).abs() < 1e-5, "{loss}");
+}

@@ -161,7 +161,7 @@ mod tests {
         assert!(!at(0, 3) && !at(2, 3)); // prefix does not see the suffix
         assert!(at(3, 0) && at(3, 3) && !at(3, 4) && at(4, 3)); // suffix is causal
         assert!(!at(5, 0) && !at(0, 5) && !at(6, 4)); // packed examples are isolated
-        assert!(at(5, 6) == false && at(6, 5));
+        assert!(!at(5, 6) && at(6, 5));
         assert!((0..8).all(|i| !at(i, 7) || i == 7) && !at(7, 7)); // padding keys are never seen
         assert!(at(7, 0) && at(7, 6)); // a padding query sees real keys: no empty row
     }

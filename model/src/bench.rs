@@ -56,7 +56,7 @@ pub fn synthetic_batch(cfg: &PaliGemmaConfig, batch: usize, text_len: usize, see
     let k = cfg.num_image_tokens();
     let len = k + text_len;
     let v = cfg.text.vocab_size as u32;
-    let hi = v.min(8000).max(4);
+    let hi = v.clamp(4, 8000);
     let mut input = ModelInput { batch, len, n_images: batch, ..Default::default() };
     for r in 0..batch {
         input.tokens.extend(std::iter::repeat_n(cfg.image_token_id, k));

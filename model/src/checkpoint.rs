@@ -43,10 +43,10 @@ pub enum NameLayout {
 /// the tied `lm_head`.
 pub fn canonical_name(name: &str) -> Option<String> {
     let mut n = name;
-    if let Some(rest) = n.strip_prefix("model.") {
-        if ["vision_tower.", "language_model.", "multi_modal_projector."].iter().any(|p| rest.starts_with(p)) {
-            n = rest;
-        }
+    if let Some(rest) = n.strip_prefix("model.")
+        && ["vision_tower.", "language_model.", "multi_modal_projector."].iter().any(|p| rest.starts_with(p))
+    {
+        n = rest;
     }
     if n == "lm_head.weight" || n == "language_model.lm_head.weight" {
         return None;
@@ -54,10 +54,10 @@ pub fn canonical_name(name: &str) -> Option<String> {
     if let Some(rest) = n.strip_prefix("vision_tower.vision_model.") {
         return Some(format!("vision_tower.{rest}"));
     }
-    if let Some(rest) = n.strip_prefix("language_model.") {
-        if !rest.starts_with("model.") {
-            return Some(format!("language_model.model.{rest}"));
-        }
+    if let Some(rest) = n.strip_prefix("language_model.")
+        && !rest.starts_with("model.")
+    {
+        return Some(format!("language_model.model.{rest}"));
     }
     Some(n.to_string())
 }
@@ -341,7 +341,7 @@ fn write_safetensors(
         offset += bytes;
     }
     let mut h = serde_json::to_vec(&Value::Object(header)).expect("json");
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let tmp = tmp_name(path);
@@ -375,11 +375,12 @@ pub fn save(model: &PaliGemma, dir: &Path, opts: &SaveOptions) -> Result<()> {
     let mut shards: Vec<Vec<usize>> = vec![vec![]];
     let mut bytes = 0;
     for (i, (_, shape)) in entries.iter().enumerate() {
-        if let Some(max) = opts.max_shard_bytes {
-            if bytes > 0 && bytes + size(shape) > max {
-                shards.push(vec![]);
-                bytes = 0;
-            }
+        if let Some(max) = opts.max_shard_bytes
+            && bytes > 0
+            && bytes + size(shape) > max
+        {
+            shards.push(vec![]);
+            bytes = 0;
         }
         bytes += size(shape);
         shards.last_mut().expect("shard").push(i);

@@ -51,10 +51,13 @@ pub struct Gemma {
 }
 impl_params!(Gemma { "embed_tokens.weight" => embed_tokens, "layers" => layers, "norm" => norm });
 
+/// `[batch, past, kv_heads * head_dim]` keys or values of one layer.
+pub type CacheTensor = Tensor<(usize, usize, usize), f32, Dev>;
+
 /// Keys and values of past tokens, per layer: `[batch, past, kv_heads * head_dim]`, post-RoPE.
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
-    pub layers: Vec<(Tensor<(usize, usize, usize), f32, Dev>, Tensor<(usize, usize, usize), f32, Dev>)>,
+    pub layers: Vec<(CacheTensor, CacheTensor)>,
 }
 
 impl KvCache {
@@ -133,8 +136,7 @@ impl Gemma {
             let c = cache.as_deref_mut().map(|c| {
                 if c.layers.len() <= i {
                     let kw = self.cfg.num_key_value_heads * self.cfg.head_dim;
-                    let e: Tensor<(usize, usize, usize), f32, Dev> =
-                        x.device().zeros_like(&(batch, 0, kw));
+                    let e: CacheTensor = x.device().zeros_like(&(batch, 0, kw));
                     c.layers.push((e.clone(), e));
                 }
                 &mut c.layers[i]
@@ -153,7 +155,7 @@ impl Gemma {
         len: usize,
         rope: &Rope,
         mask: &Mask,
-        cache: Option<&mut (Tensor<(usize, usize, usize), f32, Dev>, Tensor<(usize, usize, usize), f32, Dev>)>,
+        cache: Option<&mut (CacheTensor, CacheTensor)>,
     ) -> Matrix<T> {
         let c = &self.cfg;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);

@@ -123,10 +123,10 @@ fn packed_examples_match_the_unpacked_oracle() {
     let l = alone.len;
     let real: Vec<usize> = (0..2).map(|b| (0..l).filter(|&t| alone.segment_ids[b * l + t] != 0).count()).collect();
     let mut p = model::ModelInput { batch: 1, len: real[0] + real[1], n_images: 2, pixels: alone.pixels.clone(), ..Default::default() };
-    for b in 0..2 {
+    for (b, &n) in real.iter().enumerate() {
         let start = p.tokens.len();
         p.image_slots.push((0, start));
-        for t in 0..real[b] {
+        for t in 0..n {
             let i = b * l + t;
             p.tokens.push(alone.tokens[i]);
             p.segment_ids.push(b as u16 + 1);
@@ -140,14 +140,14 @@ fn packed_examples_match_the_unpacked_oracle() {
     let want = &fx["logits"].data;
     let mut worst = 0.0f64;
     let mut off = 0;
-    for b in 0..2 {
-        for t in 0..real[b] {
+    for (b, &n) in real.iter().enumerate() {
+        for t in 0..n {
             for k in 0..v {
                 let d = (logits[(off + t) * v + k] as f64 - want[(b * l + t) * v + k]).abs();
                 worst = worst.max(d);
             }
         }
-        off += real[b];
+        off += n;
     }
     println!("packed vs oracle max|diff| = {worst:.3e}");
     assert!(worst < 1e-4, "packed logits differ by {worst}");

@@ -11,7 +11,10 @@
 //! - [`loss`]: weighted cross-entropy from logits.
 //! - [`checkpoint`]: Hugging Face safetensors in and out.
 //! - [`decode`]: greedy and beam search with a KV cache.
+//! - [`fused`]: fused, multi-threaded CPU ops with their own backward (GELU/GeGLU, masked
+//!   softmax, RMSNorm, LayerNorm, RoPE, bias add), each tested against its plain-op twin.
 //! - [`optim`]: AdamW over the model's parameters.
+//! - [`stage0`]: a new PaliGemma from SigLIP and Gemma checkpoints (vocabulary extension).
 //! - [`bench`]: timing of forward and training steps.
 
 pub mod attention;

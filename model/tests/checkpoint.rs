@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use common::*;
 use model::checkpoint::{self, NameLayout, SaveOptions};
+use model::layers::Params;
 use model::{ModelError, PaliGemma, PaliGemmaConfig};
 use safetensors::SafeTensors;
 
@@ -95,4 +96,46 @@ fn loading_at_another_resolution_resamples_the_position_embedding() {
     let mut strict = PaliGemma::new(&big.cfg, &model::device(), 0).unwrap();
     let e = checkpoint::load_weights(&mut strict, dir.path()).unwrap_err();
     assert!(e.to_string().contains("position_embedding"), "{e}");
+}
+
+#[test]
+fn bf16_and_f16_checkpoints_load_rounded() {
+    let bytes = std::fs::read(fixture_dir().join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let m = tiny_model();
+    for dtype in [safetensors::Dtype::BF16, safetensors::Dtype::F16] {
+        let data: Vec<(String, Vec<usize>, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| {
+                let half: Vec<u8> = v
+                    .data()
+                    .chunks_exact(4)
+                    .flat_map(|c| {
+                        let x = f32::from_le_bytes(c.try_into().unwrap());
+                        match dtype {
+                            safetensors::Dtype::BF16 => half::bf16::from_f32(x).to_le_bytes(),
+                            _ => half::f16::from_f32(x).to_le_bytes(),
+                        }
+                    })
+                    .collect();
+                (n, v.shape().to_vec(), half)
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = data
+            .iter()
+            .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(dtype, s.clone(), d).unwrap()))
+            .collect();
+        let path = dir.path().join("model.safetensors");
+        safetensors::serialize_to_file(views, &None::<HashMap<String, String>>, &path).unwrap();
+        let mut h = PaliGemma::new(&PaliGemmaConfig::tiny(), &model::device(), 3).unwrap();
+        checkpoint::load_weights(&mut h, &path).unwrap();
+        let rel = if dtype == safetensors::Dtype::BF16 { 1.0 / 128.0 } else { 1.0 / 1024.0 };
+        for ((n, a), (_, b)) in m.named_params().iter().zip(h.named_params().iter()) {
+            for (x, y) in a.to_vec().iter().zip(b.to_vec()) {
+                assert!((x - y).abs() <= rel * x.abs() + 1e-7, "{dtype:?} {n}: {x} vs {y}");
+            }
+        }
+    }
 }

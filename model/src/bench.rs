@@ -16,6 +16,8 @@ use crate::layers::Params;
 use crate::loss::LossOptions;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::paligemma::PaliGemma;
+use dfdx::tensor::Synchronize;
+
 use crate::{TrainTape, device};
 
 /// Medians over the timed steps, in milliseconds.
@@ -131,11 +133,13 @@ pub fn bench_with(cfg: &PaliGemmaConfig, batch: usize, text_len: usize, steps: u
         let value = loss.array();
         let t1 = Instant::now();
         let mut grads = loss.backward();
+        dev.synchronize(); // device work is asynchronous on CUDA
         let t2 = Instant::now();
         if optimizer {
             opt.update(&mut model, &mut grads);
         }
         drop(grads);
+        dev.synchronize();
         let t3 = Instant::now();
         let c3 = cpu_ms();
         first.get_or_insert(value);

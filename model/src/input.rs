@@ -173,3 +173,50 @@ impl ModelInput {
         Ok(input)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok_input(cfg: &PaliGemmaConfig) -> ModelInput {
+        let k = cfg.num_image_tokens();
+        let len = k + 4;
+        let r = cfg.vision.image_size;
+        ModelInput {
+            batch: 1,
+            len,
+            tokens: [vec![cfg.image_token_id; k], vec![2, 5, 6, 1]].concat(),
+            n_images: 1,
+            pixels: vec![0.0; 3 * r * r],
+            image_slots: vec![(0, 0)],
+            segment_ids: vec![1; len],
+            positions: (0..len as u32).collect(),
+            causal: (0..len).map(|i| i >= k + 2).collect(),
+            loss_weights: (0..len).map(|i| if i >= k + 1 && i + 1 < len { 1.0 } else { 0.0 }).collect(),
+        }
+    }
+
+    #[test]
+    fn validation_names_the_bad_field() {
+        let cfg = PaliGemmaConfig::tiny();
+        ok_input(&cfg).validate(&cfg).unwrap();
+        let err = |f: &dyn Fn(&mut ModelInput)| {
+            let mut i = ok_input(&cfg);
+            f(&mut i);
+            i.validate(&cfg).unwrap_err().to_string()
+        };
+        assert!(err(&|i| { i.causal.pop(); }).contains("causal"));
+        assert!(err(&|i| { i.pixels.pop(); }).contains("pixels"));
+        assert!(err(&|i| i.image_slots[0] = (0, 10)).contains("image_slots[0]"));
+        assert!(err(&|i| i.image_slots.push((0, 2))).contains("image_slots"));
+        assert!(err(&|i| i.tokens[17] = 5000).contains("tokens[17]"));
+    }
+
+    #[test]
+    fn targets_are_the_next_tokens() {
+        let cfg = PaliGemmaConfig::tiny();
+        let i = ok_input(&cfg);
+        let t = i.targets();
+        assert_eq!(&t[16..], &[5, 6, 1, 0]);
+    }
+}

@@ -139,3 +139,23 @@ fn bf16_and_f16_checkpoints_load_rounded() {
         }
     }
 }
+
+#[test]
+fn the_mlp_connector_saves_and_loads() {
+    let fx = read_all("fixture.safetensors");
+    let input = fixture_input(&fx);
+    let mut cfg = PaliGemmaConfig::tiny();
+    cfg.connector = model::config::Connector::Mlp;
+    let m = PaliGemma::new(&cfg, &model::device(), 5).unwrap();
+    let names: Vec<String> = m.named_params().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"multi_modal_projector.linear_1.weight".to_string()));
+    assert!(names.contains(&"multi_modal_projector.linear_2.bias".to_string()));
+    let dir = tempfile::tempdir().unwrap();
+    checkpoint::save(&m, dir.path(), &SaveOptions::default()).unwrap();
+    let back = checkpoint::load(dir.path(), &model::device()).unwrap();
+    assert_eq!(back.cfg.connector, model::config::Connector::Mlp);
+    assert_eq!(back.predict_logits(&input).unwrap(), m.predict_logits(&input).unwrap());
+    // a linear-connector model cannot silently load it
+    let mut lin = PaliGemma::new(&PaliGemmaConfig::tiny(), &model::device(), 0).unwrap();
+    assert!(checkpoint::load_weights(&mut lin, dir.path()).is_err());
+}

@@ -192,7 +192,7 @@ mod tests {
             segment_ids: vec![1; len],
             positions: (0..len as u32).collect(),
             causal: (0..len).map(|i| i >= k + 2).collect(),
-            loss_weights: (0..len).map(|i| if i >= k + 1 && i + 1 < len { 1.0 } else { 0.0 }).collect(),
+            loss_weights: (0..len).map(|i| if i > k && i + 1 < len { 1.0 } else { 0.0 }).collect(),
         }
     }
 

@@ -7,12 +7,29 @@
 
 pub mod bad_input;
 pub mod batch;
+pub mod demo;
+pub mod bench;
+pub mod error;
 pub mod example;
+pub mod format;
+pub mod image;
+pub mod loc;
 pub mod location;
+pub mod mixture;
+pub mod pack;
+pub mod prepare;
+pub mod preview;
 pub mod record;
+pub mod rng;
+pub mod schedule;
+pub mod source;
+pub mod stream;
+pub mod text;
+pub mod writer;
 
 pub use bad_input::{BadInput, BadInputPolicy, BadInputStats, Reason};
 pub use batch::{Batch, ImageSlot, Segment};
+pub use error::PipelineError;
 pub use example::Example;
 pub use location::Location;
 pub use record::{EncodedImage, Record};

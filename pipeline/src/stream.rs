@@ -1,0 +1,326 @@
+//! The whole pipeline as one ordered stream of batches.
+//!
+//! Readers (async, one per task) fetch rows ahead; a coordinator thread draws rows in the
+//! schedule's order, runs the CPU stage (decode, resize, tokenize, format) on a worker pool a
+//! window at a time, and packs the results in order. Every batch carries the [`StreamState`]
+//! that resumes right after it, so a stream rebuilt from that state yields exactly the batches
+//! that would have followed, whatever the number of threads.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::bad_input::{BadInput, BadInputPolicy, BadInputStats};
+use crate::batch::Batch;
+use crate::example::Example;
+use crate::format::Formatter;
+use crate::image::ImageProcessor;
+use crate::pack::{PackConfig, Packer};
+use crate::schedule::Schedule;
+use crate::source::{Cursor, Fetcher, OpenSource, Reader, RowFilter, ShardSpec, SourceConfig, SourceItem};
+use crate::text::PaliTokenizer;
+use crate::PipelineError;
+
+/// One task of the stream: which source feeds it and how its rows become examples.
+pub struct StreamTask {
+    pub name: String,
+    /// Index into [`StreamConfig::sources`].
+    pub source: usize,
+    /// Non-image columns its templates read: `(name in the templates, column in the shards)`.
+    pub columns: Vec<(String, String)>,
+    pub filter: Option<RowFilter>,
+    pub formatter: Formatter,
+    /// A task the schedule never draws in this stream gets no reader.
+    pub active: bool,
+}
+
+pub struct StreamConfig {
+    pub sources: Vec<SourceConfig>,
+    pub tasks: Vec<StreamTask>,
+    pub pack: PackConfig,
+    pub tokenizer: Arc<PaliTokenizer>,
+    pub seed: u64,
+    pub shard: ShardSpec,
+    /// Workers of the CPU stage; 0 uses every core.
+    pub threads: usize,
+    /// Batches made ahead of the consumer.
+    pub prefetch: usize,
+    pub bad_input: BadInputPolicy,
+}
+
+/// Per-task progress, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskCounters {
+    pub examples: u64,
+    /// Epoch of the task's source the last example came from.
+    pub epoch: u64,
+}
+
+/// Everything needed to resume a stream exactly: small, serialisable, saved in checkpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamState {
+    /// Per task: its reader's position.
+    pub cursors: Vec<Cursor>,
+    /// The task schedule's own state.
+    pub schedule: serde_json::Value,
+    pub bad_inputs: BadInputStats,
+    pub tasks: Vec<TaskCounters>,
+    pub examples: u64,
+    pub batches: u64,
+}
+
+/// A batch and the state that resumes right after it.
+pub struct StreamBatch {
+    pub batch: Batch,
+    pub state: StreamState,
+}
+
+pub struct BatchStream {
+    batches: Receiver<Result<StreamBatch, PipelineError>>,
+    coordinator: Option<JoinHandle<()>>,
+    // Dropped last: the readers run on it.
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// Rows drawn per trip to the worker pool: enough to keep every worker busy, small enough
+/// that the pool's tail (workers idle while the last items finish) stays short.
+const WINDOW_PER_THREAD: usize = 24;
+/// Rows each reader fetches ahead of the coordinator.
+const READ_AHEAD: usize = 64;
+
+impl BatchStream {
+    /// Starts the stream from `state` (the default state starts from the beginning).
+    pub fn start(config: StreamConfig, mut schedule: Box<dyn Schedule>, state: StreamState) -> Result<Self, PipelineError> {
+        let n_tasks = config.tasks.len();
+        if n_tasks == 0 {
+            return Err(PipelineError::Config("a stream needs at least one task".into()));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("paliforge-read")
+            .enable_all()
+            .build()
+            .map_err(|e| PipelineError::Config(format!("cannot start the reader runtime: {e}")))?;
+        // Opened on the runtime that reads them: HTTP clients belong to the runtime they start on.
+        // Only the sources of tasks this stream draws.
+        let used = |s: usize| config.tasks.iter().any(|t| t.active && t.source == s);
+        let sources: Vec<Option<Arc<OpenSource>>> = runtime.block_on(async {
+            let opened = config.sources.iter().enumerate().map(|(s, source)| {
+                let source = source.clone();
+                async move { if used(s) { OpenSource::open(source).await.map(|s| Some(Arc::new(s))) } else { Ok(None) } }
+            });
+            futures::future::join_all(opened).await.into_iter().collect::<Result<_, _>>()
+        })?;
+        let mut state = state;
+        state.cursors.resize(n_tasks, Cursor::default());
+        state.tasks.resize(n_tasks, TaskCounters::default());
+        let fresh = state == StreamState { cursors: state.cursors.clone(), tasks: state.tasks.clone(), ..Default::default() };
+        if fresh {
+            // Shards whose footer is unreadable have no rows to stream; count them once, here.
+            for bad in sources.iter().flatten().flat_map(|s| s.unreadable.iter()) {
+                state.bad_inputs.record_bad(bad.clone());
+            }
+        }
+        if !state.schedule.is_null() {
+            schedule.restore(&state.schedule)?;
+        }
+        state.schedule = schedule.state();
+        let mut receivers = Vec::with_capacity(n_tasks);
+        for (t, task) in config.tasks.iter().enumerate() {
+            let source = sources[task.source].clone().expect("opened for its active tasks");
+            let fetch = source.config.fetch.clone();
+            if !task.active {
+                receivers.push(None);
+                continue;
+            }
+            let reader = Reader {
+                source,
+                text_columns: task.columns.clone(),
+                filter: task.filter.clone(),
+                shard: config.shard,
+                // Each task walks its source in its own order.
+                seed: config.seed ^ (t as u64).wrapping_mul(0x9E37_79B9),
+                fetcher: Fetcher::new(fetch),
+            };
+            let (tx, rx) = mpsc::channel(READ_AHEAD);
+            runtime.spawn(reader.run(state.cursors[t], tx));
+            receivers.push(Some(rx));
+        }
+        let threads = if config.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { config.threads };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("paliforge-cpu-{i}"))
+            .build()
+            .map_err(|e| PipelineError::Config(format!("cannot start the worker pool: {e}")))?;
+        let (tx, batches) = bounded(config.prefetch.max(1));
+        let coordinator = Coordinator { config, schedule, receivers, state, pool, window: threads * WINDOW_PER_THREAD };
+        let coordinator = std::thread::Builder::new()
+            .name("paliforge-stream".into())
+            .spawn(move || coordinator.run(tx))
+            .map_err(|e| PipelineError::Config(format!("cannot start the stream thread: {e}")))?;
+        Ok(Self { batches, coordinator: Some(coordinator), _runtime: runtime })
+    }
+}
+
+impl Iterator for BatchStream {
+    type Item = Result<StreamBatch, PipelineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.batches.recv().ok()
+    }
+}
+
+impl Drop for BatchStream {
+    fn drop(&mut self) {
+        // Closing the channel stops the coordinator at its next send; its readers follow.
+        let (_, closed) = bounded(0);
+        self.batches = closed;
+        if let Some(handle) = self.coordinator.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// A row drawn for the CPU stage, with the stream's position just before and just after it.
+struct Drawn {
+    task: usize,
+    item: Result<crate::Record, BadInput>,
+    cursors_before: Vec<Cursor>,
+    schedule_before: serde_json::Value,
+    cursors_after: Vec<Cursor>,
+    schedule_after: serde_json::Value,
+}
+
+struct Coordinator {
+    config: StreamConfig,
+    schedule: Box<dyn Schedule>,
+    receivers: Vec<Option<mpsc::Receiver<SourceItem>>>,
+    state: StreamState,
+    pool: rayon::ThreadPool,
+    window: usize,
+}
+
+type Sender = crossbeam_channel::Sender<Result<StreamBatch, PipelineError>>;
+
+impl Coordinator {
+    fn run(mut self, tx: Sender) {
+        if let Err(e) = self.pump(&tx) {
+            let _ = tx.send(Err(e));
+        }
+    }
+
+    fn pump(&mut self, tx: &Sender) -> Result<(), PipelineError> {
+        let mut packer = Packer::new(self.config.pack)?;
+        // The state just before the example the packer would place next.
+        let mut pending_state = self.state.clone();
+        loop {
+            let drawn = self.draw_window();
+            if drawn.is_empty() {
+                break;
+            }
+            let processed = self.process(&drawn);
+            for (drawn, result) in drawn.into_iter().zip(processed) {
+                let before = StreamState {
+                    cursors: drawn.cursors_before,
+                    schedule: drawn.schedule_before,
+                    ..self.state.clone()
+                };
+                self.state.cursors = drawn.cursors_after;
+                self.state.schedule = drawn.schedule_after;
+                match result {
+                    Ok(example) => {
+                        if let Some(batch) = packer.push(example)? {
+                            // This example starts the next batch: resuming before it replays it.
+                            self.emit(batch, before, tx)?;
+                        }
+                        let counters = &mut self.state.tasks[drawn.task];
+                        counters.examples += 1;
+                        counters.epoch = self.state.cursors[drawn.task].epoch;
+                        self.state.examples += 1;
+                        self.state.bad_inputs.record_good();
+                    }
+                    Err(bad) => self.state.bad_inputs.record_bad(bad),
+                }
+                self.state.bad_inputs.check(&self.config.bad_input, false)?;
+            }
+            pending_state = self.state.clone();
+        }
+        self.state.bad_inputs.check(&self.config.bad_input, true)?;
+        if let Some(batch) = packer.flush() {
+            self.emit(batch, pending_state, tx)?;
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, batch: Batch, mut resume: StreamState, tx: &Sender) -> Result<(), PipelineError> {
+        self.state.batches += 1;
+        resume.batches = self.state.batches;
+        tx.send(Ok(StreamBatch { batch, state: resume })).map_err(|_| PipelineError::Closed)
+    }
+
+    /// Draws up to a window of rows in schedule order; empty once every task is spent.
+    fn draw_window(&mut self) -> Vec<Drawn> {
+        let mut drawn = Vec::with_capacity(self.window);
+        let mut cursors = self.state.cursors.clone();
+        let mut schedule_before = self.state.schedule.clone();
+        while drawn.len() < self.window {
+            let Some(task) = self.schedule.next_task() else { break };
+            let received = self.receivers[task].as_mut().and_then(|rx| rx.blocking_recv());
+            match received {
+                Some(SourceItem::Row { item, after }) => {
+                    let cursors_before = cursors.clone();
+                    cursors[task] = after;
+                    let schedule_after = self.schedule.state();
+                    drawn.push(Drawn {
+                        task,
+                        item,
+                        cursors_before,
+                        schedule_before: std::mem::replace(&mut schedule_before, schedule_after.clone()),
+                        cursors_after: cursors.clone(),
+                        schedule_after,
+                    });
+                }
+                Some(SourceItem::EpochEnd { after }) => {
+                    // Not a row: take the draw back, count the pass, and draw again.
+                    self.schedule.restore(&schedule_before).expect("a state it produced");
+                    self.schedule.end_epoch(task);
+                    cursors[task] = after;
+                    schedule_before = self.schedule.state();
+                }
+                None => {
+                    // The task's source has spent its epochs: take the draw back, drop the task.
+                    self.schedule.restore(&schedule_before).expect("a state it produced");
+                    self.schedule.exhausted(task);
+                    self.receivers[task] = None;
+                    schedule_before = self.schedule.state();
+                }
+            }
+        }
+        drawn
+    }
+
+    fn process(&self, drawn: &[Drawn]) -> Vec<Result<Example, BadInput>> {
+        let tasks = &self.config.tasks;
+        let tokenizer = &self.config.tokenizer;
+        let resolution = self.config.pack.resolution;
+        self.pool.install(|| {
+            drawn
+                .par_iter()
+                .map_init(ImageProcessor::new, |images, d| {
+                    let record = d.item.as_ref().map_err(Clone::clone)?;
+                    let mut pixels = Vec::with_capacity(record.images.len());
+                    for image in &record.images {
+                        let at = record.location.with_column(&image.column);
+                        let decoded = images.process(&image.bytes, resolution as u32).map_err(|e| BadInput::new(e.reason(), at, e.to_string()))?;
+                        pixels.push(decoded);
+                    }
+                    tasks[d.task].formatter.format(&record.fields, pixels, record.location.clone(), tokenizer)
+                })
+                .collect()
+        })
+    }
+}

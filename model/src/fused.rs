@@ -65,6 +65,26 @@ pub mod plain {
         x * inv.broadcast_like::<_, Axis<1>>(&s) * gain.broadcast_like::<_, Axis<0>>(&s)
     }
 
+    pub fn weighted_cross_entropy<T: Tape<f32, Dev>>(
+        logits: Matrix<T>,
+        targets: &[u32],
+        weights: &[f32],
+        smoothing: f32,
+    ) -> Tensor<Rank0, f32, Dev, T> {
+        let (rows, vocab) = *logits.shape();
+        let dev = logits.device().clone();
+        let w = dev.tensor_from_vec(weights.to_vec(), (rows,));
+        let idx = dev.tensor_from_vec(targets.iter().map(|&t| t as usize).collect::<Vec<_>>(), (rows,));
+        let lp = logits.log_softmax::<Axis<1>>();
+        let per_row = if smoothing == 0.0 {
+            lp.select(idx)
+        } else {
+            let mean = lp.retaped::<T>().sum::<_, Axis<1>>() * (1.0 / vocab as f32);
+            lp.select(idx) * (1.0 - smoothing) + mean * smoothing
+        };
+        -(per_row * w).sum::<Rank0, _>()
+    }
+
     /// `x + b` for every row.
     pub fn add_bias<T: Tape<f32, Dev>>(x: Matrix<T>, b: &Vector) -> Matrix<T> {
         let s = *x.shape();
@@ -147,6 +167,21 @@ pub fn rope<T: Tape<f32, Dev>>(x: Matrix<T>, heads: usize, cos: &Matrix, sin: &M
     plain::rope(x, heads, cos, sin, rot)
 }
 
+/// `-sum_i w_i [(1 - e) log p_i(t_i) + e mean_v log p_i(v)]` over rows of `logits`, with
+/// `weights` already normalised; a scalar.
+pub fn weighted_cross_entropy<T: Tape<f32, Dev>>(
+    logits: Matrix<T>,
+    targets: &[u32],
+    weights: &[f32],
+    smoothing: f32,
+) -> Tensor<Rank0, f32, Dev, T> {
+    #[cfg(not(feature = "cuda"))]
+    if fused_enabled() {
+        return cpu::weighted_cross_entropy(logits, targets, weights, smoothing);
+    }
+    plain::weighted_cross_entropy(logits, targets, weights, smoothing)
+}
+
 /// LayerNorm `(x - mean) / sqrt(var + eps) * w + b` (biased variance).
 pub fn layer_norm<T: Tape<f32, Dev>>(x: Matrix<T>, w: &Vector, b: &Vector, eps: f64) -> Matrix<T> {
     #[cfg(not(feature = "cuda"))]
@@ -211,15 +246,15 @@ mod cpu {
     /// Defines `fn $name(args)` whose body is compiled twice, plainly and for AVX2+FMA, the
     /// latter chosen at run time when the CPU has it (8 lanes instead of SSE's 4).
     macro_rules! simd_kernel {
-        ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
+        ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
             $(#[$m])*
-            fn $name($($a: $t),*) {
+            fn $name($($a: $t),*) $(-> $ret)? {
                 #[inline(always)]
-                fn generic($($a: $t),*) $body
+                fn generic($($a: $t),*) $(-> $ret)? $body
                 #[cfg(target_arch = "x86_64")]
                 {
                     #[target_feature(enable = "avx2,fma")]
-                    fn avx2($($a: $t),*) { generic($($a),*) }
+                    fn avx2($($a: $t),*) $(-> $ret)? { generic($($a),*) }
                     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                         // SAFETY: the CPU has the features `avx2` is compiled for.
                         return unsafe { avx2($($a),*) };
@@ -407,6 +442,63 @@ mod cpu {
                     for (i, grow) in gc.chunks_mut(k).enumerate() {
                         let r = c * per + i;
                         softmax_row_bwd(grow, &pv[r * k..(r + 1) * k], &go[r * k..(r + 1) * k], scale, &mut tmp);
+                    }
+                });
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
+    simd_kernel! {
+        /// One row: (log-sum-exp, sum of logits).
+        fn lse_row(x: &[f32], tmp: &mut [f32]) -> (f32, f32) {
+            let mx = max8(x);
+            tmp.iter_mut().zip(x).for_each(|(t, &x)| *t = exp(x - mx));
+            (mx + sum8(tmp).ln(), sum8(x))
+        }
+    }
+    simd_kernel! {
+        /// One row's gradient: g * (softmax(x) - (1 - e) onehot(t) - e / V).
+        fn ce_grad_row(gi: &mut [f32], x: &[f32], lse: f32, t: usize, e: f32, g: f32) {
+            let u = e / x.len() as f32;
+            gi.iter_mut().zip(x).for_each(|(gi, &x)| *gi += g * (exp(x - lse) - u));
+            gi[t] -= g * (1.0 - e);
+        }
+    }
+
+    pub fn weighted_cross_entropy<T: Tape<f32, Dev>>(
+        logits: Matrix<T>,
+        targets: &[u32],
+        weights: &[f32],
+        e: f32,
+    ) -> Tensor<Rank0, f32, Dev, T> {
+        let (x, mut tape) = logits.contiguous().split_tape();
+        let (rows, v) = *x.shape();
+        let xv = host(&x);
+        let mut stats = vec![(0.0f32, 0.0f32); rows];
+        stats.par_iter_mut().enumerate().for_each_init(
+            || vec![0.0f32; v],
+            |tmp, (r, st)| *st = lse_row(&xv[r * v..(r + 1) * v], tmp),
+        );
+        let loss: f64 = (0..rows)
+            .map(|r| {
+                let (lse, sum) = stats[r];
+                let nll = lse - xv[r * v + targets[r] as usize];
+                let smooth = lse - sum / v as f32;
+                weights[r] as f64 * ((1.0 - e) * nll + e * smooth) as f64
+            })
+            .sum();
+        let out = x.device().tensor_from_vec(vec![loss as f32], ());
+        let ghost = out.clone();
+        if T::OWNS_TAPE {
+            let (targets, weights) = (targets.to_vec(), weights.to_vec());
+            tape.add_backward_op(move |grads| {
+                let g = grads.get_or_alloc_mut(&ghost)?[0];
+                let gi = grads.get_or_alloc_mut(&x)?;
+                gi.par_chunks_mut(v).enumerate().for_each(|(r, gr)| {
+                    if weights[r] != 0.0 {
+                        ce_grad_row(gr, &xv[r * v..(r + 1) * v], stats[r].0, targets[r] as usize, e, g * weights[r]);
                     }
                 });
                 Ok(())
@@ -727,6 +819,15 @@ mod tests {
         check("rope", &x, &[], &|x| rope(x, 3, &r.cos, &r.sin, &r.rot));
         let u = dev.tensor_from_vec(values(n * d, 0.13, 2.0), (n, d));
         check("geglu", &x, &[], &|x| geglu(x.retaped::<TrainTape>() * 0.7, x * u.clone()));
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7) % d as u32).collect();
+        let weights: Vec<f32> = (0..n).map(|i| if i % 5 == 0 { 0.0 } else { 0.1 + (i % 3) as f32 * 0.05 }).collect();
+        for e in [0.0, 0.1] {
+            check("cross_entropy", &x, &[], &|x| {
+                let l = weighted_cross_entropy(x, &targets, &weights, e);
+                // as a [1, 1] matrix, for the harness
+                l.broadcast_like::<_, Axis<0>>(&(1,)).broadcast_like::<_, Axis<1>>(&(1, 1))
+            });
+        }
         // scores [b=2, h=3, q=5, k=6] from a [30, 6] matrix, with a mask that blocks some keys
         let (bb, h, q, k) = (2, 3, 5, 6);
         let s = dev.tensor_from_vec(values(bb * h * q * k, 0.57, 3.0), (bb * h * q, k));

@@ -22,20 +22,11 @@ pub fn weighted_cross_entropy<T: Tape<f32, Dev>>(
     let (rows, vocab) = *logits.shape();
     assert_eq!(targets.len(), rows, "targets");
     assert_eq!(weights.len(), rows, "weights");
-    let dev = logits.device().clone();
     let total: f32 = weights.iter().sum();
     let norm = if total != 0.0 { 1.0 / total } else { 0.0 };
-    let w = dev.tensor_from_vec(weights.iter().map(|&x| x * norm).collect::<Vec<_>>(), (rows,));
-    let idx = dev.tensor_from_vec(targets.iter().map(|&t| t as usize).collect::<Vec<_>>(), (rows,));
-    let e = opts.label_smoothing;
-    let lp = logits.log_softmax::<Axis<1>>();
-    let per_row = if e == 0.0 {
-        lp.select(idx)
-    } else {
-        let mean = lp.retaped::<T>().sum::<_, Axis<1>>() * (1.0 / vocab as f32);
-        lp.select(idx) * (1.0 - e) + mean * e
-    };
-    -(per_row * w).sum::<Rank0, _>()
+    let w: Vec<f32> = weights.iter().map(|&x| x * norm).collect();
+    debug_assert!(targets.iter().all(|&t| (t as usize) < vocab), "target outside the vocabulary");
+    crate::fused::weighted_cross_entropy(logits, targets, &w, opts.label_smoothing)
 }
 
 #[cfg(test)]

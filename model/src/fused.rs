@@ -149,6 +149,15 @@ pub fn rms_norm<T: Tape<f32, Dev>>(x: Matrix<T>, w: &Vector, eps: f64) -> Matrix
     plain::rms_norm(x, w, eps)
 }
 
+/// `a + b` (same shapes): the residual connections.
+pub fn add<T: Tape<f32, Dev>>(a: Matrix<T>, b: Matrix<T>) -> Matrix<T> {
+    #[cfg(not(feature = "cuda"))]
+    if fused_enabled() {
+        return cpu::add(a, b);
+    }
+    a + b
+}
+
 /// `x + b` for every row.
 pub fn add_bias<T: Tape<f32, Dev>>(x: Matrix<T>, b: &Vector) -> Matrix<T> {
     #[cfg(not(feature = "cuda"))]
@@ -508,6 +517,44 @@ mod cpu {
     }
 
     simd_kernel! {
+        fn add_slices(y: &mut [f32], a: &[f32], b: &[f32]) {
+            y.iter_mut().zip(a).zip(b).for_each(|((y, a), b)| *y = a + b);
+        }
+    }
+    simd_kernel! {
+        fn accumulate(acc: &mut [f32], g: &[f32]) {
+            acc.iter_mut().zip(g).for_each(|(a, g)| *a += g);
+        }
+    }
+
+    pub fn add<T: Tape<f32, Dev>>(a: Matrix<T>, b: Matrix<T>) -> Matrix<T> {
+        let (a, ta) = a.contiguous().split_tape();
+        let (b, tb) = b.contiguous().split_tape();
+        let mut tape = ta.merge(tb);
+        let s = *a.shape();
+        assert_eq!(s, *b.shape(), "add shapes");
+        let (av, bv) = (host(&a), host(&b));
+        let mut y = vec![0.0; av.len()];
+        y.par_chunks_mut(16384)
+            .zip(av.par_chunks(16384))
+            .zip(bv.par_chunks(16384))
+            .for_each(|((y, a), b)| add_slices(y, a, b));
+        drop((av, bv));
+        let (ghost, out) = output(a.device(), y, s, NoneTape);
+        if T::OWNS_TAPE {
+            tape.add_backward_op(move |grads| {
+                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
+                for t in [&a, &b] {
+                    let gi = grads.get_or_alloc_mut(t)?;
+                    gi.par_chunks_mut(16384).zip(go.par_chunks(16384)).for_each(|(gi, go)| accumulate(gi, go));
+                }
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
+    simd_kernel! {
         /// Rows of `x` plus `b`.
         fn add_bias_rows(y: &mut [f32], x: &[f32], b: &[f32]) {
             for (y, x) in y.chunks_mut(b.len()).zip(x.chunks(b.len())) {
@@ -815,6 +862,7 @@ mod tests {
         check("rms_norm", &x, &[&w], &|x| rms_norm(x, &w, 1e-6));
         check("layer_norm", &x, &[&w, &b], &|x| layer_norm(x, &w, &b, 1e-6));
         check("add_bias", &x, &[&w], &|x| add_bias(x, &w));
+        check("add", &x, &[], &|x| add(x.retaped::<TrainTape>() * 0.5, x.square()));
         let r = crate::attention::Rope::new(&dev, &(0..n as u32).map(|p| p * 3 + 1).collect::<Vec<_>>(), 8, 10000.0);
         check("rope", &x, &[], &|x| rope(x, 3, &r.cos, &r.sin, &r.rot));
         let u = dev.tensor_from_vec(values(n * d, 0.13, 2.0), (n, d));

@@ -191,11 +191,11 @@ impl Gemma {
             }
         };
         let heads = Heads { batch, queries: len, keys, heads: nh, kv_heads: nkv, head_dim: hd };
-        let x = x + a.o_proj.forward(attention(q, k, v, heads, Some(mask)));
+        let x = crate::fused::add(x, a.o_proj.forward(attention(q, k, v, heads, Some(mask))));
         let h = l.post_attention_layernorm.forward(x.retaped::<T>());
         let g = l.mlp.gate_proj.forward(h.retaped::<T>());
         let u = l.mlp.up_proj.forward(h);
-        x + l.mlp.down_proj.forward(crate::fused::geglu(g, u))
+        crate::fused::add(x, l.mlp.down_proj.forward(crate::fused::geglu(g, u)))
     }
 
     /// Logits from final hidden states: `h @ embed_tokens^T`, `[rows, vocab]`.

@@ -146,9 +146,9 @@ impl SiglipVision {
             kv_heads: nh,
             head_dim: self.cfg.head_dim(),
         };
-        let x = x + a.out_proj.forward(attention(q, k, v, heads, None));
+        let x = crate::fused::add(x, a.out_proj.forward(attention(q, k, v, heads, None)));
         let h = l.layer_norm2.forward(x.retaped::<T>());
         let h = l.mlp.fc2.forward(gelu(l.mlp.fc1.forward(h)));
-        x + h
+        crate::fused::add(x, h)
     }
 }

@@ -127,6 +127,18 @@ pub fn attention<T: Tape<f32, Dev>>(
     h: Heads,
     mask: Option<&Mask>,
 ) -> Matrix<T> {
+    crate::fused::attention(q, k, v, h, mask)
+}
+
+/// [`attention`] from dfdx's ops: heads reshaped to `[batch, kv_heads, group * queries,
+/// head_dim]` so one batched matmul serves every query head of a key/value head.
+pub fn plain_attention<T: Tape<f32, Dev>>(
+    q: Matrix<T>,
+    k: Matrix<T>,
+    v: Matrix<T>,
+    h: Heads,
+    mask: Option<&Mask>,
+) -> Matrix<T> {
     let Heads { batch: b, queries: lq, keys: lk, heads: nh, kv_heads: nkv, head_dim: hd } = h;
     let g = nh / nkv;
     // Query heads grouped by the key/value head they share: [b, nkv, g * lq, hd].

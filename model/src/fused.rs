@@ -12,7 +12,7 @@ use dfdx::prelude::*;
 #[cfg(not(feature = "cuda"))]
 use rayon::prelude::*;
 
-use crate::attention::Mask;
+use crate::attention::{Heads, Mask};
 use crate::{Dev, Matrix, Vector};
 
 thread_local! {
@@ -147,6 +147,16 @@ pub fn rms_norm<T: Tape<f32, Dev>>(x: Matrix<T>, w: &Vector, eps: f64) -> Matrix
         return cpu::rms_norm(x, w, eps);
     }
     plain::rms_norm(x, w, eps)
+}
+
+/// Scaled dot-product attention with multi-/grouped-query heads, see
+/// [`crate::attention::attention`].
+pub fn attention<T: Tape<f32, Dev>>(q: Matrix<T>, k: Matrix<T>, v: Matrix<T>, h: Heads, mask: Option<&Mask>) -> Matrix<T> {
+    #[cfg(not(feature = "cuda"))]
+    if fused_enabled() {
+        return cpu::attention(q, k, v, h, mask);
+    }
+    crate::attention::plain_attention(q, k, v, h, mask)
 }
 
 /// `a + b` (same shapes): the residual connections.
@@ -516,6 +526,155 @@ mod cpu {
         out.put_tape(tape)
     }
 
+    /// A pointer shared by rayon tasks that write disjoint parts of one buffer.
+    #[derive(Clone, Copy)]
+    struct Shared(*mut f32);
+    // SAFETY: every task writes a region no other task touches (see each use).
+    unsafe impl Send for Shared {}
+    unsafe impl Sync for Shared {}
+
+    /// `dst (m x n) = alpha * dst + beta * lhs (m x k) @ rhs (k x n)`, strides as (row, col).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn mm(
+        (m, n, k): (usize, usize, usize),
+        dst: *mut f32,
+        dst_s: (usize, usize),
+        accumulate: bool,
+        lhs: *const f32,
+        lhs_s: (usize, usize),
+        rhs: *const f32,
+        rhs_s: (usize, usize),
+        beta: f32,
+    ) {
+        // SAFETY: the caller passes pointers valid for these shapes and strides.
+        unsafe {
+            gemm::gemm(
+                m, n, k,
+                dst, dst_s.1 as isize, dst_s.0 as isize, accumulate,
+                lhs, lhs_s.1 as isize, lhs_s.0 as isize,
+                rhs, rhs_s.1 as isize, rhs_s.0 as isize,
+                if accumulate { 1.0 } else { 0.0 }, beta,
+                false, false, false,
+                gemm::Parallelism::None,
+            )
+        }
+    }
+
+    simd_kernel! {
+        /// One row in place: p = softmax(p + mask).
+        fn softmax_inplace(p: &mut [f32], mask: Option<&[f32]>) {
+            if let Some(m) = mask {
+                p.iter_mut().zip(m).for_each(|(p, &m)| *p += m);
+            }
+            let mx = max8(p);
+            p.iter_mut().for_each(|v| *v = exp(*v - mx));
+            let inv = 1.0 / sum8(p);
+            p.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+    simd_kernel! {
+        /// One row in place: dp <- scale * p * (dp - <p, dp>).
+        fn softmax_grad_inplace(dp: &mut [f32], p: &[f32], scale: f32, tmp: &mut [f32]) {
+            tmp.iter_mut().zip(p).zip(dp.iter()).for_each(|((t, &p), &d)| *t = p * d);
+            let dot = sum8(tmp);
+            dp.iter_mut().zip(p).for_each(|(d, &p)| *d = scale * p * (*d - dot));
+        }
+    }
+
+    /// Attention straight on the `[rows, heads * head_dim]` layouts: per (batch, head), QK^T and
+    /// PV through gemm on strided views (no head reshapes), the masked softmax in place; the
+    /// probabilities are kept for backward. Tasks run in parallel over (batch, key/value head).
+    pub fn attention<T: Tape<f32, Dev>>(q: Matrix<T>, k: Matrix<T>, v: Matrix<T>, h: Heads, mask: Option<&Mask>) -> Matrix<T> {
+        let (q, tq) = q.contiguous().split_tape();
+        let (k, tk) = k.contiguous().split_tape();
+        let (v, tv) = v.contiguous().split_tape();
+        let mut tape = tq.merge(tk).merge(tv);
+        let Heads { batch: b, queries: lq, keys: lk, heads: nh, kv_heads: nkv, head_dim: hd } = h;
+        let g = nh / nkv;
+        let (qw, kw) = (nh * hd, nkv * hd);
+        assert_eq!(*q.shape(), (b * lq, qw), "attention q");
+        assert_eq!(*k.shape(), (b * lk, kw), "attention k");
+        assert_eq!(*v.shape(), (b * lk, kw), "attention v");
+        let scale = (hd as f32).powf(-0.5);
+        let (qv, kv, vv) = (host(&q), host(&k), host(&v));
+        let mv = mask.map(|m| {
+            assert_eq!(*m.shape(), (b, lq, lk), "mask shape");
+            host(&m.clone().contiguous())
+        });
+        let mut probs = vec![0.0f32; b * nh * lq * lk];
+        let mut out = vec![0.0f32; b * lq * qw];
+        let (pp, op) = (Shared(probs.as_mut_ptr()), Shared(out.as_mut_ptr()));
+        (0..b * nh).into_par_iter().for_each(|task| {
+            let (bi, hh) = (task / nh, task % nh);
+            let kvh = hh / g;
+            let (pp, op) = (pp, op);
+            // SAFETY: task (bi, hh) writes only its probability block and its head's columns of
+            // its batch rows in `out`; inputs are read-only and sized for these strides.
+            unsafe {
+                let p = pp.0.add(task * lq * lk);
+                let qh = qv.as_ptr().add(bi * lq * qw + hh * hd);
+                let kh = kv.as_ptr().add(bi * lk * kw + kvh * hd);
+                let vh = vv.as_ptr().add(bi * lk * kw + kvh * hd);
+                // S = scale * Q K^T
+                mm((lq, lk, hd), p, (lk, 1), false, qh, (qw, 1), kh, (1, kw), scale);
+                for i in 0..lq {
+                    let row = std::slice::from_raw_parts_mut(p.add(i * lk), lk);
+                    let m = mv.as_ref().map(|m| &m[(bi * lq + i) * lk..(bi * lq + i + 1) * lk]);
+                    softmax_inplace(row, m);
+                }
+                // O = P V
+                mm((lq, hd, lk), op.0.add(bi * lq * qw + hh * hd), (qw, 1), false, p, (lk, 1), vh, (kw, 1), 1.0);
+            }
+        });
+        drop(mv);
+        let (ghost, result) = output(q.device(), out, (b * lq, qw), NoneTape);
+        if T::OWNS_TAPE {
+            tape.add_backward_op(move |grads| {
+                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
+                let mut dq = vec![0.0f32; qv.len()];
+                let mut dk = vec![0.0f32; kv.len()];
+                let mut dv = vec![0.0f32; vv.len()];
+                let (dqp, dkp, dvp) = (Shared(dq.as_mut_ptr()), Shared(dk.as_mut_ptr()), Shared(dv.as_mut_ptr()));
+                (0..b * nkv).into_par_iter().for_each(|task| {
+                    let (bi, kvh) = (task / nkv, task % nkv);
+                    let (dqp, dkp, dvp) = (dqp, dkp, dvp);
+                    let mut ds = vec![0.0f32; lq * lk];
+                    let mut tmp = vec![0.0f32; lk];
+                    // SAFETY: task (bi, kvh) writes the columns of its query heads in its batch
+                    // rows of dq, and its key/value head's columns of its batch rows of dk, dv.
+                    unsafe {
+                        let kh = kv.as_ptr().add(bi * lk * kw + kvh * hd);
+                        let vh = vv.as_ptr().add(bi * lk * kw + kvh * hd);
+                        let dkh = dkp.0.add(bi * lk * kw + kvh * hd);
+                        let dvh = dvp.0.add(bi * lk * kw + kvh * hd);
+                        for hh in kvh * g..(kvh + 1) * g {
+                            let p = probs.as_ptr().add((bi * nh + hh) * lq * lk);
+                            let qh = qv.as_ptr().add(bi * lq * qw + hh * hd);
+                            let goh = go.as_ptr().add(bi * lq * qw + hh * hd);
+                            // dV += P^T dO
+                            mm((lk, hd, lq), dvh, (kw, 1), true, p, (1, lk), goh, (qw, 1), 1.0);
+                            // dP = dO V^T, then dS = scale * P * (dP - rowsum(dP * P))
+                            mm((lq, lk, hd), ds.as_mut_ptr(), (lk, 1), false, goh, (qw, 1), vh, (1, kw), 1.0);
+                            for i in 0..lq {
+                                let prow = std::slice::from_raw_parts(p.add(i * lk), lk);
+                                softmax_grad_inplace(&mut ds[i * lk..(i + 1) * lk], prow, scale, &mut tmp);
+                            }
+                            // dQ = dS K, dK += dS^T Q
+                            mm((lq, hd, lk), dqp.0.add(bi * lq * qw + hh * hd), (qw, 1), false, ds.as_ptr(), (lk, 1), kh, (kw, 1), 1.0);
+                            mm((lk, hd, lq), dkh, (kw, 1), true, ds.as_ptr(), (1, lk), qh, (qw, 1), 1.0);
+                        }
+                    }
+                });
+                for (t, d) in [(&q, dq), (&k, dk), (&v, dv)] {
+                    let gi = grads.get_or_alloc_mut(t)?;
+                    gi.par_chunks_mut(16384).zip(d.par_chunks(16384)).for_each(|(gi, d)| accumulate(gi, d));
+                }
+                Ok(())
+            });
+        }
+        result.put_tape(tape)
+    }
+
     simd_kernel! {
         fn add_slices(y: &mut [f32], a: &[f32], b: &[f32]) {
             y.iter_mut().zip(a).zip(b).for_each(|((y, a), b)| *y = a + b);
@@ -874,6 +1033,22 @@ mod tests {
                 let l = weighted_cross_entropy(x, &targets, &weights, e);
                 // as a [1, 1] matrix, for the harness
                 l.broadcast_like::<_, Axis<0>>(&(1,)).broadcast_like::<_, Axis<1>>(&(1, 1))
+            });
+        }
+        // attention: q, k, v all derived from one input so the harness checks every gradient
+        for (heads, kv_heads, masked) in [(4, 2, true), (4, 1, true), (2, 2, false)] {
+            let (bb, lq, hd) = (2, 4, 3);
+            let xq = dev.tensor_from_vec(values(bb * lq * heads * hd, 0.41, 1.5), (bb * lq, heads * hd));
+            let kvw = kv_heads * hd;
+            let pk = dev.tensor_from_vec(values(heads * hd * kvw, 0.27, 0.7), (heads * hd, kvw));
+            let pv = dev.tensor_from_vec(values(heads * hd * kvw, 0.19, 0.9), (heads * hd, kvw));
+            let allowed: Vec<bool> = (0..bb * lq * lq).map(|i| i % 3 != 1 || i % 4 == 0).collect();
+            let m = crate::attention::additive_mask(&dev, &allowed, bb, lq, lq);
+            let h = Heads { batch: bb, queries: lq, keys: lq, heads, kv_heads, head_dim: hd };
+            check("attention", &xq, &[], &|x| {
+                let k = x.retaped::<TrainTape>().matmul(pk.clone());
+                let v = x.retaped::<TrainTape>().matmul(pv.clone()).square();
+                attention(x, k, v, h, masked.then_some(&m))
             });
         }
         // scores [b=2, h=3, q=5, k=6] from a [30, 6] matrix, with a mask that blocks some keys

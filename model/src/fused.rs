@@ -367,6 +367,16 @@ mod cpu {
         }
     }
 
+    /// Adds per-chunk partial sums in chunk order: the same result whatever rayon's splitting,
+    /// so training runs are reproducible.
+    fn sum_partials(parts: Vec<Vec<f32>>, d: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; d];
+        for p in parts {
+            out.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+        }
+        out
+    }
+
     /// The output tensor, and a handle on it for the backward closure.
     fn output(dev: &Dev, v: Vec<f32>, s: (usize, usize), _: NoneTape) -> (Matrix, Matrix) {
         let out = dev.tensor_from_vec(v, s);
@@ -742,16 +752,15 @@ mod cpu {
                 let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
                 let db = go
                     .par_chunks(per * d)
-                    .fold(|| vec![0.0f32; d], |mut acc, g| {
+                    .map(|g| {
+                        let mut acc = vec![0.0f32; d];
                         for g in g.chunks(d) {
                             acc.iter_mut().zip(g).for_each(|(a, g)| *a += g);
                         }
                         acc
                     })
-                    .reduce(|| vec![0.0f32; d], |mut a, c| {
-                        a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
-                        a
-                    });
+                    .collect::<Vec<_>>();
+                let db = sum_partials(db, d);
                 let gi = grads.get_or_alloc_mut(&x)?;
                 gi.par_chunks_mut(16384).zip(go.par_chunks(16384)).for_each(|(gi, go)| {
                     gi.iter_mut().zip(go).for_each(|(a, g)| *a += g);
@@ -844,21 +853,17 @@ mod cpu {
                     .par_chunks(per * d)
                     .zip(xv.par_chunks(per * d))
                     .zip(inv.par_chunks(per))
-                    .fold(
-                        || vec![0.0f32; d],
-                        |mut acc, ((g, x), inv)| {
-                            for ((g, x), r) in g.chunks(d).zip(x.chunks(d)).zip(inv) {
-                                for j in 0..d {
-                                    acc[j] += g[j] * x[j] * r;
-                                }
+                    .map(|((g, x), inv)| {
+                        let mut acc = vec![0.0f32; d];
+                        for ((g, x), r) in g.chunks(d).zip(x.chunks(d)).zip(inv) {
+                            for j in 0..d {
+                                acc[j] += g[j] * x[j] * r;
                             }
-                            acc
-                        },
-                    )
-                    .reduce(|| vec![0.0f32; d], |mut a, b| {
-                        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                        a
-                    });
+                        }
+                        acc
+                    })
+                    .collect::<Vec<_>>();
+                let dw = sum_partials(dw, d);
                 let gi = grads.get_or_alloc_mut(&x)?;
                 gi.par_chunks_mut(per * d).zip(go.par_chunks(per * d)).zip(xv.par_chunks(per * d).zip(inv.par_chunks(per))).for_each(
                     |((gi, g), (x, inv))| {
@@ -915,29 +920,21 @@ mod cpu {
             let (w, b) = (w.clone(), b.clone());
             tape.add_backward_op(move |grads| {
                 let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
-                let (dw, db) = go
+                let (dw, db): (Vec<Vec<f32>>, Vec<Vec<f32>>) = go
                     .par_chunks(per * d)
                     .zip(xhat.par_chunks(per * d))
-                    .fold(
-                        || (vec![0.0f32; d], vec![0.0f32; d]),
-                        |(mut dw, mut db), (g, xh)| {
-                            for (g, xh) in g.chunks(d).zip(xh.chunks(d)) {
-                                for j in 0..d {
-                                    dw[j] += g[j] * xh[j];
-                                    db[j] += g[j];
-                                }
+                    .map(|(g, xh)| {
+                        let (mut dw, mut db) = (vec![0.0f32; d], vec![0.0f32; d]);
+                        for (g, xh) in g.chunks(d).zip(xh.chunks(d)) {
+                            for j in 0..d {
+                                dw[j] += g[j] * xh[j];
+                                db[j] += g[j];
                             }
-                            (dw, db)
-                        },
-                    )
-                    .reduce(
-                        || (vec![0.0f32; d], vec![0.0f32; d]),
-                        |(mut a, mut b), (c, e)| {
-                            a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
-                            b.iter_mut().zip(&e).for_each(|(b, e)| *b += e);
-                            (a, b)
-                        },
-                    );
+                        }
+                        (dw, db)
+                    })
+                    .unzip();
+                let (dw, db) = (sum_partials(dw, d), sum_partials(db, d));
                 let gi = grads.get_or_alloc_mut(&x)?;
                 gi.par_chunks_mut(per * d).zip(go.par_chunks(per * d)).zip(xhat.par_chunks(per * d).zip(inv.par_chunks(per))).for_each(
                     |((gi, g), (xh, inv))| {

@@ -38,10 +38,16 @@ impl ParamRef<'_> {
         }
     }
     /// This parameter's gradient (zeros where the backward pass gave it none).
-    pub fn grad(&self, grads: &crate::Gradients) -> Vec<f32> {
+    pub fn grad(&self, grads: &mut crate::Gradients) -> Vec<f32> {
         match self {
-            ParamRef::Vector(t) => grads.get(*t).as_vec(),
-            ParamRef::Matrix(t) => grads.get(*t).as_vec(),
+            ParamRef::Vector(t) => {
+                grads.get_or_alloc_mut(*t).expect("alloc");
+                grads.get(*t).as_vec()
+            }
+            ParamRef::Matrix(t) => {
+                grads.get_or_alloc_mut(*t).expect("alloc");
+                grads.get(*t).as_vec()
+            }
         }
     }
 }

@@ -40,7 +40,7 @@ pub use decode::{BeamOptions, DecodeOptions, Generation, Prompt, beam_search, gr
 pub use error::ModelError;
 pub use input::ModelInput;
 pub use loss::LossOptions;
-pub use optim::{AdamW, AdamWConfig};
+pub use optim::{AdamW, AdamWConfig, clip_grad_norm, grad_norm};
 pub use paligemma::PaliGemma;
 
 /// The device every tensor lives on: the CPU, or with the `cuda` feature the first GPU.

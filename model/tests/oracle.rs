@@ -45,7 +45,7 @@ fn loss_and_all_gradients_match() {
     let grads_fx = read_all("grads.safetensors");
     let m = tiny_model();
     let input = fixture_input(&fx);
-    let (loss, grads) = m.loss_and_grads(&input, &LossOptions::default()).unwrap();
+    let (loss, mut grads) = m.loss_and_grads(&input, &LossOptions::default()).unwrap();
     let want = fx["loss"].data[0];
     println!("loss {loss} vs {want}: {:.3e}", (loss as f64 - want).abs());
     assert!((loss as f64 - want).abs() < 1e-5, "loss {loss} vs {want}");
@@ -53,7 +53,7 @@ fn loss_and_all_gradients_match() {
     assert_eq!(params.len(), grads_fx.len(), "parameter count");
     let mut worst = (0.0f64, String::new());
     for (name, p) in &params {
-        let g = p.grad(&grads);
+        let g = p.grad(&mut grads);
         let w = &grads_fx[&format!("grad.{name}")];
         assert_eq!(g.len(), w.data.len(), "{name}");
         let scale = w.data.iter().fold(0.0f64, |a, &x| a.max(x.abs()));
@@ -88,13 +88,13 @@ fn plain_dfdx_ops_match_too() {
         let logits = m.predict_logits(&input).unwrap();
         let d = max_abs_diff(&logits, &fx["logits"].data);
         assert!(d < 1e-4, "plain-op logits differ by {d}");
-        let (loss, grads) = m.loss_and_grads(&input, &LossOptions::default()).unwrap();
+        let (loss, mut grads) = m.loss_and_grads(&input, &LossOptions::default()).unwrap();
         assert!((loss as f64 - fx["loss"].data[0]).abs() < 1e-5);
         let grads_fx = read_all("grads.safetensors");
         for (name, p) in m.named_params() {
             let w = &grads_fx[&format!("grad.{name}")];
             let scale = w.data.iter().fold(0.0f64, |a, &x| a.max(x.abs()));
-            let d = max_abs_diff(&p.grad(&grads), &w.data);
+            let d = max_abs_diff(&p.grad(&mut grads), &w.data);
             assert!(d <= 1e-6 + 1e-4 * scale, "{name}: {d:e}");
         }
     });

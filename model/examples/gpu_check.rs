@@ -36,9 +36,28 @@ fn oracle() {
     let d = logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     let (loss, _) = m.loss_and_grads(&input, &LossOptions::default()).unwrap();
     let dl = (loss - f32s("loss")[0]).abs();
-    println!("{{\"check\":\"oracle\",\"device\":\"{}\",\"logits_max_abs_diff\":{d:e},\"loss_abs_diff\":{dl:e},\"ok\":{}}}",
-        if cfg!(feature = "cuda") { "cuda" } else { "cpu" }, d < 1e-4 && dl < 1e-5);
-    if !(d < 1e-4 && dl < 1e-5) {
+    // greedy decoding with the KV cache (concat on the device), both prompts batched
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("fixture_decode.json")).unwrap()).unwrap();
+    let px = f32s("pixel_values");
+    let per = px.len() / 2;
+    let mut prompts = vec![];
+    let mut want = vec![];
+    for c in meta["cases"].as_array().unwrap() {
+        let row = c["batch_row_of_fixture"].as_u64().unwrap() as usize;
+        let ids = |k: &str| c[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
+        prompts.push(model::Prompt { tokens: ids("input_ids"), n_images: 1, pixels: px[row * per..(row + 1) * per].to_vec() });
+        want.push(ids("generated"));
+    }
+    let opts = model::DecodeOptions { max_new_tokens: 8, stop_at_eos: false, keep_logits: false };
+    let got: Vec<Vec<u32>> = model::greedy(&m, &prompts, &opts).unwrap().into_iter().map(|g| g.tokens).collect();
+    let ok = d < 1e-4 && dl < 1e-5 && got == want;
+    println!(
+        "{{\"check\":\"oracle\",\"device\":\"{}\",\"logits_max_abs_diff\":{d:e},\"loss_abs_diff\":{dl:e},\"greedy_tokens_identical\":{},\"ok\":{ok}}}",
+        if cfg!(feature = "cuda") { "cuda" } else { "cpu" },
+        got == want
+    );
+    if !ok {
         std::process::exit(1);
     }
 }

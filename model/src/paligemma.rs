@@ -150,7 +150,10 @@ impl PaliGemma {
     pub fn loss<T: Tape<f32, Dev>>(&self, input: &ModelInput, opts: &LossOptions) -> Tensor<Rank0, f32, Dev, T> {
         let h = self.hidden::<T>(input);
         let targets = input.targets();
-        let rows: Vec<usize> = (0..targets.len()).filter(|&i| input.loss_weights[i] != 0.0).collect();
+        let mut rows: Vec<usize> = (0..targets.len()).filter(|&i| input.loss_weights[i] != 0.0).collect();
+        if rows.is_empty() {
+            rows.push(0); // weight 0: loss 0, zero gradients, and the tape stays connected
+        }
         let t: Vec<u32> = rows.iter().map(|&i| targets[i]).collect();
         let w: Vec<f32> = rows.iter().map(|&i| input.loss_weights[i]).collect();
         let m = rows.len();

@@ -28,3 +28,17 @@ fn tiny_model_overfits_one_batch() {
     assert!(first > 5.0, "initial loss {first} should be near ln(300) = 5.7");
     assert!(last < 0.02, "loss only fell to {last}");
 }
+
+#[test]
+fn a_batch_without_loss_positions_gives_zero_loss_and_zero_gradients() {
+    let fx = read_all("fixture.safetensors");
+    let mut input = fixture_input(&fx);
+    input.loss_weights.iter_mut().for_each(|w| *w = 0.0);
+    let m = tiny_model();
+    let (loss, mut grads) = m.loss_and_grads(&input, &LossOptions::default()).unwrap();
+    assert_eq!(loss, 0.0);
+    use model::layers::Params;
+    for (name, p) in m.named_params() {
+        assert!(p.grad(&mut grads).iter().all(|&g| g == 0.0), "{name}");
+    }
+}

@@ -262,6 +262,13 @@ pub fn beam_search(model: &PaliGemma, prompts: &[Prompt], opts: &BeamOptions) ->
                 let lp = log_softmax(&logits[(p * w + i) * v..(p * w + i + 1) * v]);
                 cands.extend(lp.iter().enumerate().map(|(t, &l)| (base + l, i, t as u32)));
             }
+            if cands.is_empty() {
+                done[p] = true;
+                for i in 0..w {
+                    next_rows[p * w + i] = p * w + i;
+                }
+                continue;
+            }
             let keep = (2 * w).min(cands.len());
             cands.select_nth_unstable_by(keep - 1, |a, b| b.0.total_cmp(&a.0));
             cands.truncate(keep);

@@ -1,0 +1,225 @@
+//! Examples to [`Batch`]es: whole examples placed first-fit into the rows of the batch being
+//! filled, each row capped in tokens (`seq_len`) and images (`max_images_per_row`).
+//!
+//! Contiguity, which exact resumption relies on: when an example fits no row of the open batch,
+//! that batch is emitted and the example opens the next one. So every batch holds a contiguous
+//! run of the example stream, in stream order, and the batch [`Packer::push`] returns never
+//! holds the example passed to that same call. A stream that saves its position after receiving
+//! a batch must therefore save the position *before* the example it just pushed.
+
+use crate::batch::{Batch, ImageSlot, Segment};
+use crate::example::Example;
+use crate::location::Location;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackConfig {
+    pub rows: usize,
+    pub seq_len: usize,
+    /// Cap on the images of one row, which bounds the image encoder's batch at
+    /// `rows * max_images_per_row`.
+    pub max_images_per_row: usize,
+    /// Several examples per row; `false` puts one example in each row.
+    pub packing: bool,
+    pub resolution: usize,
+    pub tokens_per_image: usize,
+    pub pad_id: u32,
+}
+
+/// An example the packer cannot place. The formatter's lengths and the stage's settings should
+/// make these impossible, so they are errors for the stream to stop on, never panics.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PackError {
+    #[error("pack config: {0}")]
+    Config(String),
+    #[error(
+        "example from {origin} has {len} tokens and {images} images; a row holds {seq_len} tokens \
+         and {max_images} images"
+    )]
+    TooBig { origin: Location, len: usize, images: usize, seq_len: usize, max_images: usize },
+    #[error("example from {origin}: {message}")]
+    Malformed { origin: Location, message: String },
+}
+
+#[derive(Debug)]
+pub struct Packer {
+    config: PackConfig,
+    open: Option<Open>,
+}
+
+impl Packer {
+    pub fn new(config: PackConfig) -> Result<Self, PackError> {
+        if config.rows == 0 || config.seq_len == 0 {
+            return Err(PackError::Config(format!("rows and seq_len must be positive: {config:?}")));
+        }
+        Ok(Self { config, open: None })
+    }
+
+    pub fn config(&self) -> &PackConfig {
+        &self.config
+    }
+
+    /// Examples held in the batch being filled.
+    pub fn pending(&self) -> usize {
+        self.open.as_ref().map_or(0, |open| open.segments.len())
+    }
+
+    /// Places `example`; returns the previous batch when the example did not fit in it (see the
+    /// module's note on contiguity).
+    pub fn push(&mut self, example: Example) -> Result<Option<Batch>, PackError> {
+        self.check(&example)?;
+        let config = self.config;
+        let open = self.open.get_or_insert_with(|| Open::new(&config));
+        if let Some(row) = open.row_for(&example, &config) {
+            open.place(row, example, &config);
+            return Ok(None);
+        }
+        let full = std::mem::replace(open, Open::new(&config));
+        open.place(0, example, &config);
+        Ok(Some(full.finish(&config)))
+    }
+
+    /// The last, partly filled batch, padded; `None` when nothing is pending.
+    pub fn flush(&mut self) -> Option<Batch> {
+        let config = self.config;
+        self.open.take().map(|open| open.finish(&config))
+    }
+
+    fn check(&self, ex: &Example) -> Result<(), PackError> {
+        let c = &self.config;
+        let malformed = |message: String| Err(PackError::Malformed { origin: ex.origin.clone(), message });
+        if ex.len() > c.seq_len || ex.images.len() > c.max_images_per_row {
+            return Err(PackError::TooBig {
+                origin: ex.origin.clone(),
+                len: ex.len(),
+                images: ex.images.len(),
+                seq_len: c.seq_len,
+                max_images: c.max_images_per_row,
+            });
+        }
+        if ex.is_empty() {
+            return malformed("no tokens".into());
+        }
+        if ex.prefix_len > ex.len() {
+            return malformed(format!("prefix length {} is past its {} tokens", ex.prefix_len, ex.len()));
+        }
+        if ex.image_starts.len() != ex.images.len() {
+            return malformed(format!("{} image starts for {} images", ex.image_starts.len(), ex.images.len()));
+        }
+        let pixels = 3 * c.resolution * c.resolution;
+        for (image, &start) in ex.images.iter().zip(&ex.image_starts) {
+            if image.len() != pixels {
+                return malformed(format!("an image has {} values, expected {pixels}", image.len()));
+            }
+            if start + c.tokens_per_image > ex.prefix_len {
+                return malformed(format!("image tokens at {start} run past the prefix"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The batch being filled: its arrays, pre-padded, written as examples are placed.
+#[derive(Debug)]
+struct Open {
+    tokens: Vec<u32>,
+    segment_ids: Vec<u16>,
+    positions: Vec<u32>,
+    causal: Vec<bool>,
+    loss_weights: Vec<f32>,
+    /// Per row: tokens used, images, examples.
+    rows: Vec<RowUse>,
+    images: Vec<(ImageSlot, Vec<f32>)>,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RowUse {
+    tokens: usize,
+    images: usize,
+    examples: u16,
+}
+
+impl Open {
+    fn new(c: &PackConfig) -> Self {
+        let cells = c.rows * c.seq_len;
+        Self {
+            tokens: vec![c.pad_id; cells],
+            segment_ids: vec![0; cells],
+            positions: vec![0; cells],
+            causal: vec![false; cells],
+            loss_weights: vec![0.0; cells],
+            rows: vec![RowUse::default(); c.rows],
+            images: Vec::new(),
+            segments: Vec::new(),
+        }
+    }
+
+    /// The first row with room for `ex`; unpacked, the first empty row.
+    fn row_for(&self, ex: &Example, c: &PackConfig) -> Option<usize> {
+        self.rows.iter().position(|row| match c.packing {
+            true => {
+                row.tokens + ex.len() <= c.seq_len
+                    && row.images + ex.images.len() <= c.max_images_per_row
+                    && row.examples < u16::MAX // segment ids are u16
+            }
+            false => row.examples == 0,
+        })
+    }
+
+    fn place(&mut self, row: usize, ex: Example, c: &PackConfig) {
+        let use_ = &mut self.rows[row];
+        let start = use_.tokens;
+        use_.tokens += ex.len();
+        use_.images += ex.images.len();
+        use_.examples += 1;
+        let id = use_.examples;
+
+        let base = row * c.seq_len + start;
+        for (t, &token) in ex.tokens.iter().enumerate() {
+            let at = base + t;
+            self.tokens[at] = token;
+            self.segment_ids[at] = id;
+            self.positions[at] = t as u32;
+            self.causal[at] = t >= ex.prefix_len;
+            self.loss_weights[at] = ex.loss_weight(t);
+        }
+        for (image, &image_start) in ex.images.into_iter().zip(&ex.image_starts) {
+            let slot = ImageSlot { row: row as u32, start: (start + image_start) as u32 };
+            self.images.push((slot, image));
+        }
+        self.segments.push(Segment {
+            row: row as u32,
+            id,
+            start: start as u32,
+            len: ex.tokens.len() as u32,
+            task_id: ex.task_id,
+            origin: ex.origin,
+        });
+    }
+
+    /// Images go out in row-major slot order, the order a mask scan over `tokens` meets them (as
+    /// HF's `masked_scatter` does); segments stay in stream order.
+    fn finish(mut self, c: &PackConfig) -> Batch {
+        self.images.sort_by_key(|(slot, _)| (slot.row, slot.start));
+        let mut pixels = Vec::with_capacity(self.images.len() * 3 * c.resolution * c.resolution);
+        let mut image_slots = Vec::with_capacity(self.images.len());
+        for (slot, image) in self.images {
+            image_slots.push(slot);
+            pixels.extend_from_slice(&image);
+        }
+        Batch {
+            rows: c.rows,
+            seq_len: c.seq_len,
+            resolution: c.resolution,
+            tokens_per_image: c.tokens_per_image,
+            pixels,
+            image_slots,
+            tokens: self.tokens,
+            segment_ids: self.segment_ids,
+            positions: self.positions,
+            causal: self.causal,
+            loss_weights: self.loss_weights,
+            segments: self.segments,
+        }
+    }
+}

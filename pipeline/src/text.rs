@@ -1,0 +1,193 @@
+//! The tokenizer: a Hugging Face `tokenizer.json` with PaliGemma's special tokens resolved once,
+//! and a trainer for users who have no tokenizer of their own.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use tokenizers::models::TrainerWrapper;
+use tokenizers::models::bpe::{BPE, BpeTrainer};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer};
+
+/// Number of `<locNNNN>` tokens (box coordinate bins).
+pub const LOC_TOKENS: usize = 1024;
+/// Number of `<segNNN>` tokens (mask codes).
+pub const SEG_TOKENS: usize = 128;
+
+pub fn loc_token(bin: usize) -> String {
+    format!("<loc{bin:04}>")
+}
+
+pub fn seg_token(code: usize) -> String {
+    format!("<seg{code:03}>")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("cannot load tokenizer {path}: {message}")]
+    Load { path: String, message: String },
+    #[error(
+        "tokenizer {tokenizer} has no {token:?} token; PaliGemma needs <image>, <bos>, <eos>, <pad>, \
+         <loc0000>..<loc1023> and <seg000>..<seg127> (scripts/make_gemma_tokenizer.sh builds Gemma's)"
+    )]
+    MissingToken { tokenizer: String, token: String },
+    #[error("tokenizer {tokenizer}: {text:?} encodes to {ids:?}, expected the single id {expected:?}")]
+    NotSingleToken { tokenizer: String, text: String, ids: Vec<u32>, expected: Vec<u32> },
+    #[error("tokenizer: {0}")]
+    Tokenizers(String),
+}
+
+fn tokenizers_error(e: tokenizers::Error) -> TokenizerError {
+    TokenizerError::Tokenizers(e.to_string())
+}
+
+/// The ids the token layout of an example needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecialIds {
+    pub image: u32,
+    pub bos: u32,
+    pub eos: u32,
+    pub pad: u32,
+    /// The separator between prefix and suffix: what "\n" encodes to.
+    pub sep: u32,
+}
+
+/// A `tokenizers::Tokenizer` known to hold every PaliGemma token as a single token.
+#[derive(Debug, Clone)]
+pub struct PaliTokenizer {
+    inner: Tokenizer,
+    special: SpecialIds,
+    loc: Vec<u32>,
+    seg: Vec<u32>,
+}
+
+impl PaliTokenizer {
+    /// Loads a `tokenizer.json`; every error names the file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let inner = Tokenizer::from_file(path)
+            .map_err(|e| TokenizerError::Load { path: name.clone(), message: e.to_string() })?;
+        Self::resolve(inner, name)
+    }
+
+    /// Wraps a tokenizer built in memory (e.g. by [`train_tokenizer`]).
+    pub fn new(inner: Tokenizer) -> Result<Self, TokenizerError> {
+        Self::resolve(inner, "(in memory)".to_string())
+    }
+
+    fn resolve(inner: Tokenizer, name: String) -> Result<Self, TokenizerError> {
+        let id = |token: &str| {
+            inner
+                .token_to_id(token)
+                .ok_or_else(|| TokenizerError::MissingToken { tokenizer: name.clone(), token: token.to_string() })
+        };
+        let loc = (0..LOC_TOKENS).map(|i| id(&loc_token(i))).collect::<Result<Vec<_>, _>>()?;
+        let seg = (0..SEG_TOKENS).map(|i| id(&seg_token(i))).collect::<Result<Vec<_>, _>>()?;
+        let (image, bos, eos, pad) = (id("<image>")?, id("<bos>")?, id("<eos>")?, id("<pad>")?);
+
+        // The separator is resolved by encoding, not by name: byte-level vocabularies spell "\n"
+        // as "Ċ", Gemma's as "\n"; either way it must be one token.
+        let encode = |text: &str| inner.encode_fast(text, false).map(|e| e.get_ids().to_vec());
+        let sep_ids = encode("\n").map_err(tokenizers_error)?;
+        let &[sep] = sep_ids.as_slice() else {
+            return Err(TokenizerError::NotSingleToken {
+                tokenizer: name,
+                text: "\n".into(),
+                ids: sep_ids,
+                expected: vec![],
+            });
+        };
+
+        // Being in the vocabulary is not enough: a token that is not an added token (or one the
+        // normalizer rewrites) gets split by the model. Check that each one's text round-trips.
+        let named =
+            [("<image>", image), ("<bos>", bos), ("<eos>", eos), ("<pad>", pad)].map(|(t, id)| (t.to_string(), id));
+        let locs = loc.iter().enumerate().map(|(i, &id)| (loc_token(i), id));
+        let segs = seg.iter().enumerate().map(|(i, &id)| (seg_token(i), id));
+        for (text, expected) in named.into_iter().chain(locs).chain(segs) {
+            let ids = encode(&text).map_err(tokenizers_error)?;
+            if ids != [expected] {
+                return Err(TokenizerError::NotSingleToken { tokenizer: name, text, ids, expected: vec![expected] });
+            }
+        }
+
+        Ok(Self { inner, special: SpecialIds { image, bos, eos, pad, sep }, loc, seg })
+    }
+
+    pub fn special(&self) -> SpecialIds {
+        self.special
+    }
+
+    /// Ids of `<loc0000>`..`<loc1023>`, indexed by bin.
+    pub fn loc_ids(&self) -> &[u32] {
+        &self.loc
+    }
+
+    /// Ids of `<seg000>`..`<seg127>`, indexed by code.
+    pub fn seg_ids(&self) -> &[u32] {
+        &self.seg
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    /// Token ids of `text`, without special tokens around it (the layout adds its own).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let encoding = self.inner.encode_fast(text, false).map_err(tokenizers_error)?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, TokenizerError> {
+        let encodings = self.inner.encode_batch_fast(texts.to_vec(), false).map_err(tokenizers_error)?;
+        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    /// Text of `ids`, special tokens included (so loc tokens and `<eos>` stay visible).
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        self.inner.decode(ids, false).map_err(tokenizers_error)
+    }
+}
+
+/// Adds the tokens PaliGemma appends to Gemma's vocabulary, in Gemma's order: `<loc0000>`..
+/// `<loc1023>`, `<seg000>`..`<seg127>`, then `<image>` (special). Not normalised, so no normalizer
+/// can split them.
+pub fn add_paligemma_tokens(tokenizer: &mut Tokenizer) -> Result<(), TokenizerError> {
+    let plain = |content: String| AddedToken::from(content, false).normalized(false);
+    tokenizer.add_tokens((0..LOC_TOKENS).map(|i| plain(loc_token(i)))).map_err(tokenizers_error)?;
+    tokenizer.add_tokens((0..SEG_TOKENS).map(|i| plain(seg_token(i)))).map_err(tokenizers_error)?;
+    tokenizer.add_special_tokens([AddedToken::from("<image>", true).normalized(false)]).map_err(tokenizers_error)?;
+    Ok(())
+}
+
+/// Trains a byte-level BPE tokenizer on `texts`, for datasets without a tokenizer of their own.
+///
+/// Ids follow Gemma where it matters: `<pad>` 0, `<eos>` 1, `<bos>` 2; then the BPE vocabulary
+/// (`vocab_size` ids in all, the three included); then `<loc>`, `<seg>` and `<image>` as
+/// [`add_paligemma_tokens`] adds them. Byte-level, so any text encodes without an unknown token
+/// and decodes back exactly; "\n" is one byte, hence one token. Save it with
+/// `Tokenizer::save(path, false)` as a `tokenizer.json`.
+pub fn train_tokenizer<'a>(
+    texts: impl Iterator<Item = &'a str> + Send,
+    vocab_size: usize,
+) -> Result<Tokenizer, TokenizerError> {
+    let mut tokenizer = Tokenizer::new(BPE::default());
+    tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, false, true))).with_decoder(Some(ByteLevel::default()));
+    let specials = ["<pad>", "<eos>", "<bos>"].map(|t| AddedToken::from(t, true));
+    let mut trainer: TrainerWrapper = BpeTrainer::builder()
+        .vocab_size(vocab_size)
+        .min_frequency(2)
+        .show_progress(false)
+        .special_tokens(specials.to_vec())
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect::<HashSet<_>>())
+        .build()
+        .into();
+    tokenizer.train(&mut trainer, texts).map_err(tokenizers_error)?;
+    add_paligemma_tokens(&mut tokenizer)?;
+    Ok(tokenizer)
+}

@@ -25,10 +25,10 @@ pub struct Mixture {
     /// Seeds the sampler's tie-breaking jitter and the pipeline's per-epoch shuffles. Default 0.
     #[serde(default)]
     pub seed: u64,
-    /// Bad rows (undecodable image, missing value) the pipeline logs and skips before the job
-    /// fails. Default 100.
-    #[serde(default = "default_max_bad_rows")]
-    pub max_bad_rows: u64,
+    /// The fraction of rows that may be bad (undecodable image, missing value): the pipeline
+    /// logs and skips them, and fails the job once more are. Default 0.01.
+    #[serde(default = "default_max_bad_fraction")]
+    pub max_bad_fraction: f64,
     #[serde(deserialize_with = "unique_map")]
     pub sources: BTreeMap<String, Source>,
     #[serde(deserialize_with = "unique_map")]
@@ -39,8 +39,8 @@ pub struct Mixture {
     pub(crate) lines: Lines,
 }
 
-fn default_max_bad_rows() -> u64 {
-    100
+fn default_max_bad_fraction() -> f64 {
+    0.01
 }
 
 /// A named dataset: Parquet files as the pipeline reads them.
@@ -233,13 +233,30 @@ impl Mixture {
     }
 
     /// Reads a `.toml` or `.json` spec file.
+    /// Reads a spec file. Relative data paths in it are relative to the file's folder, so a
+    /// spec means the same data wherever the command runs.
     pub fn from_path(path: impl AsRef<Path>) -> Result<Mixture, SpecError> {
         let path = path.as_ref();
         let read = || std::fs::read_to_string(path).map_err(|source| SpecError::Io { path: path.into(), source });
-        match path.extension().and_then(|e| e.to_str()) {
+        let mut mixture = match path.extension().and_then(|e| e.to_str()) {
             Some("toml") => Mixture::from_toml_str(&read()?),
             Some("json") => Mixture::from_json_str(&read()?),
             _ => Err(SpecError::UnknownFormat { path: path.into() }),
+        }?;
+        mixture.rebase(path.parent().unwrap_or(Path::new("")));
+        Ok(mixture)
+    }
+
+    /// Makes every relative local data path relative to `base` instead. URLs (`s3://...`) and
+    /// absolute paths are left alone.
+    pub fn rebase(&mut self, base: &Path) {
+        for source in self.sources.values_mut() {
+            for entry in &mut source.data {
+                let is_url = entry.split_once("://").is_some_and(|(scheme, _)| scheme.len() > 1);
+                if !is_url && Path::new(entry.as_str()).is_relative() {
+                    *entry = base.join(entry.as_str()).display().to_string();
+                }
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::spec::{Budget, Mixture};
 
 /// Rows of a source, by source name; `None` where unknown.
-pub type RowsOf = dyn Fn(&str) -> Option<u64>;
+pub type RowsOf<'a> = dyn Fn(&str) -> Option<u64> + 'a;
 
 /// What the summary needs beyond the spec.
 #[derive(Clone, Copy)]
@@ -17,7 +17,7 @@ pub struct SummaryContext<'a> {
     pub patch_size: u32,
     /// Rows of a source, when the caller knows them (e.g. from Parquet footers); otherwise
     /// the spec's `size` is used.
-    pub rows_of: Option<&'a RowsOf>,
+    pub rows_of: Option<&'a RowsOf<'a>>,
 }
 
 impl Default for SummaryContext<'_> {

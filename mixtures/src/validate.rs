@@ -10,7 +10,7 @@ use crate::training::Warmup;
 use crate::weights::Weights;
 
 /// Columns of a source's files, by source name; `None` where unknown.
-pub type ColumnsOf = dyn Fn(&str) -> Option<Vec<String>>;
+pub type ColumnsOf<'a> = dyn Fn(&str) -> Option<Vec<String>> + 'a;
 
 /// What only the caller knows: the model's patch size, the sources' real columns (the
 /// pipeline reads them from the Parquet schema) and a tokenizer to count prefix tokens.
@@ -19,7 +19,7 @@ pub struct ValidationContext<'a> {
     /// Default 14 (SigLIP So400m/14).
     pub patch_size: u32,
     /// Where `None` (or the function returns `None`), column checks are skipped.
-    pub columns_of: Option<&'a ColumnsOf>,
+    pub columns_of: Option<&'a ColumnsOf<'a>>,
     /// Tokens of a prefix template's literal text (its fields left out, so a lower bound of any
     /// rendered prefix). Default: one token per whitespace-separated word, also a lower bound.
     pub prefix_token_count: Option<&'a dyn Fn(&str) -> usize>,
@@ -38,7 +38,7 @@ impl<'a> ValidationContext<'a> {
     pub fn with_patch_size(self, patch_size: u32) -> Self {
         ValidationContext { patch_size, ..self }
     }
-    pub fn with_columns(self, columns_of: &'a ColumnsOf) -> Self {
+    pub fn with_columns(self, columns_of: &'a ColumnsOf<'a>) -> Self {
         ValidationContext { columns_of: Some(columns_of), ..self }
     }
     pub fn with_prefix_tokens(self, count: &'a dyn Fn(&str) -> usize) -> Self {

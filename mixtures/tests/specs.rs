@@ -20,11 +20,14 @@ fn shipped() -> Vec<PathBuf> {
     files
 }
 
-/// The demo dataset's columns, as the pipeline generates them.
+/// The demo dataset's columns, as `paliforge demo-data` writes them.
 fn demo_columns(source: &str) -> Option<Vec<String>> {
-    source.starts_with("demo").then(|| {
-        ["image", "images", "caption", "question", "answer", "boxes", "label", "task"].map(String::from).to_vec()
-    })
+    let columns: &[&str] = match source {
+        "scenes" => &["image", "caption", "question", "answer", "detect_label", "objects"],
+        "pairs" => &["images", "question", "answer"],
+        _ => return None,
+    };
+    Some(columns.iter().map(|c| c.to_string()).collect())
 }
 
 #[test]

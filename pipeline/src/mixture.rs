@@ -24,6 +24,7 @@ pub struct RunOptions {
     pub shard: ShardSpec,
     pub threads: usize,
     pub prefetch: usize,
+    /// `max_fraction` comes from the spec; `min_examples` from here.
     pub bad_input: BadInputPolicy,
 }
 
@@ -91,7 +92,9 @@ pub fn seq_len(mixture: &Mixture, stage: usize) -> usize {
 
 /// Starts stage `stage` of `mixture` from `state` (the default state: the run's beginning).
 pub fn stage_stream(mixture: &Mixture, stage: usize, options: &RunOptions, state: StreamState) -> Result<BatchStream, PipelineError> {
-    let config = stage_config(mixture, stage, options)?;
+    let mut config = stage_config(mixture, stage, options)?;
+    // The spec sets how much bad data its job tolerates.
+    config.bad_input.max_fraction = mixture.max_bad_fraction;
     let sampler = Sampler::new(mixture).map_err(|e| PipelineError::Config(e.to_string()))?;
     BatchStream::start(config, Box::new(StageSchedule { sampler, stage }), state)
 }

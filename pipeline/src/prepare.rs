@@ -343,3 +343,37 @@ fn parquet_rows(source: &SourceConfig) -> Result<(Schema, u64, Rows), PipelineEr
     });
     Ok((schema, total, Box::new(unreadable.chain(rows))))
 }
+
+/// Trains a tokenizer (byte-level BPE plus PaliGemma's tokens) on every text column of the
+/// sources' shards, for datasets that come without one; `extra` adds the templates' own words.
+pub fn train_tokenizer_on(sources: &[SourceConfig], extra: &[&str], vocab_size: usize) -> Result<tokenizers::Tokenizer, PipelineError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| PipelineError::Config(e.to_string()))?;
+    let mut texts: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    for source in sources {
+        let config = SourceConfig { image_columns: Vec::new(), epochs: Some(1), shuffle: false, ..source.clone() };
+        runtime.block_on(async {
+            let opened = Arc::new(OpenSource::open(config).await?);
+            let text_columns = opened.columns().into_iter().filter(|c| !source.image_columns.contains(c)).map(|c| (c.clone(), c)).collect();
+            let reader = Reader { source: opened, text_columns, filter: None, shard: ShardSpec::default(), seed: 0, fetcher: Fetcher::new(Default::default()) };
+            let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+            tokio::spawn(reader.run(Cursor::default(), tx));
+            while let Some(item) = rx.recv().await {
+                if let SourceItem::Row { item: Ok(record), .. } = item {
+                    collect_text(&Value::Object(record.fields), &mut texts);
+                }
+            }
+            Ok::<_, PipelineError>(())
+        })?;
+    }
+    crate::text::train_tokenizer(texts.iter().map(String::as_str), vocab_size).map_err(|e| PipelineError::Config(e.to_string()))
+}
+
+/// Every string inside a value (labels inside lists of structs included).
+fn collect_text(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|v| collect_text(v, out)),
+        Value::Object(map) => map.values().for_each(|v| collect_text(v, out)),
+        _ => {}
+    }
+}

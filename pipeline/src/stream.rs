@@ -131,12 +131,12 @@ impl BatchStream {
         state.schedule = schedule.state();
         let mut receivers = Vec::with_capacity(n_tasks);
         for (t, task) in config.tasks.iter().enumerate() {
-            let source = sources[task.source].clone().expect("opened for its active tasks");
-            let fetch = source.config.fetch.clone();
             if !task.active {
                 receivers.push(None);
                 continue;
             }
+            let source = sources[task.source].clone().expect("opened for its active tasks");
+            let fetch = source.config.fetch.clone();
             let reader = Reader {
                 source,
                 text_columns: task.columns.clone(),

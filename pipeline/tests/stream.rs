@@ -45,9 +45,14 @@ fn dataset(dir: &Path, rows: usize, corrupt_every: usize, null_every: usize) {
 }
 
 fn spec(dir: &Path, stages: &str) -> Mixture {
+    spec_with_limit(dir, stages, 0.01)
+}
+
+fn spec_with_limit(dir: &Path, stages: &str, max_bad: f64) -> Mixture {
     let toml = format!(
         r#"
         seed = 3
+        max_bad_fraction = {max_bad}
         [sources.shapes]
         data = "{dir}/train-*.parquet"
         image_columns = ["image"]
@@ -164,7 +169,8 @@ fn resuming_across_a_stage_boundary_and_appending_a_stage() {
 fn bad_rows_are_counted_by_reason_and_a_limit_stops_the_stream() {
     let dir = tempfile::tempdir().unwrap();
     dataset(dir.path(), 50, 10, 25);
-    let mixture = spec(dir.path(), &ONE_STAGE.replace("caption = 2, colour = 1", "caption = 1"));
+    let stages = ONE_STAGE.replace("caption = 2, colour = 1", "caption = 1");
+    let mixture = spec_with_limit(dir.path(), &stages, 0.5);
     let mut options = options(dir.path(), 2);
     options.bad_input = BadInputPolicy { max_fraction: 0.5, min_examples: 10 };
     let all = run(&mixture, 0, &options, StreamState::default());
@@ -176,6 +182,7 @@ fn bad_rows_are_counted_by_reason_and_a_limit_stops_the_stream() {
     assert_eq!(first.location.column.as_deref(), Some("image"));
     assert!(first.location.shard.ends_with(".parquet"));
 
+    let mixture = spec_with_limit(dir.path(), &stages, 0.05);
     options.bad_input = BadInputPolicy { max_fraction: 0.05, min_examples: 20 };
     let error = stage_stream(&mixture, 0, &options, StreamState::default()).unwrap().find_map(Result::err).expect("the limit is crossed");
     let PipelineError::TooManyBadInputs(too_many) = &error else { panic!("{error}") };

@@ -1,0 +1,57 @@
+//! The command tree.
+
+mod data;
+mod mixture;
+mod pipeline;
+mod progress;
+mod quickstart;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "paliforge", version, about = "Train PaliGemma-style vision-language models")]
+pub struct Cli {
+    /// More logging (-v: debug, -vv: trace). RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The whole job on the embedded default: demo data, the quickstart spec, every stage.
+    Quickstart(quickstart::QuickstartArgs),
+    /// Generate the demo dataset: shapes with captions, questions, boxes and image pairs.
+    DemoData(data::DemoArgs),
+    /// Convert images with annotations, or existing Parquet, into paliforge shards.
+    Prepare(data::PrepareArgs),
+    /// Inspect and benchmark the data pipeline.
+    #[command(subcommand)]
+    Pipeline(pipeline::Command),
+    /// Validate, summarise and preview mixture specs.
+    #[command(subcommand)]
+    Mixture(mixture::Command),
+}
+
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,paliforge=info,pipeline=info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Quickstart(args) => quickstart::run(args).map(|()| ExitCode::SUCCESS),
+        Command::DemoData(args) => data::demo(args).map(|()| ExitCode::SUCCESS),
+        Command::Prepare(args) => data::prepare_command(args).map(|()| ExitCode::SUCCESS),
+        Command::Pipeline(command) => pipeline::run(command),
+        Command::Mixture(command) => mixture::run(command),
+    }
+}

@@ -16,6 +16,7 @@
 //! - [`optim`]: AdamW over the model's parameters.
 //! - [`stage0`]: a new PaliGemma from SigLIP and Gemma checkpoints (vocabulary extension).
 //! - [`bench`]: timing of forward and training steps.
+//! - [`train`]: the trainer: pipeline batches, schedules, optimiser groups, run checkpoints.
 
 pub mod attention;
 pub mod bench;
@@ -32,6 +33,7 @@ pub mod optim;
 pub mod paligemma;
 pub mod siglip;
 pub mod stage0;
+pub mod train;
 
 pub use bench::{BenchReport, bench, bench_with};
 pub use checkpoint::NameLayout;

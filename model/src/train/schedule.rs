@@ -1,0 +1,71 @@
+//! Learning-rate schedules over a stage's optimiser steps.
+//!
+//! Steps count from 0 within a stage. Warm-up is linear and never wastes a step at lr 0:
+//! step `s < warmup` gets `(s + 1) / warmup` of the base rate, so step `warmup - 1` is the
+//! first at the full rate. After warm-up, with `p = (s - warmup) / (total - warmup)` in
+//! `[0, 1)`:
+//! - `rsqrt`: `sqrt(max(warmup, 1) / (s + 1))`, continuous with the warm-up, no fixed end; the
+//!   last `cooldown` steps of the stage also ramp linearly down to `1 / cooldown` of it
+//!   (big_vision's "infinite" schedule with a cool-down; 0: no cool-down).
+//! - `cosine`: `(1 + cos(pi p)) / 2`.
+//! - `linear`: `1 - p`.
+//! - `constant`: 1.
+//!
+//! The image encoder's slower warm-up ([`linear_warmup`] with `vit_warmup`) multiplies its
+//! group's rate on top of the stage's schedule.
+
+use mixtures::{Schedule, Training};
+use serde::{Deserialize, Serialize};
+
+/// A stage's schedule, resolved to step counts.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LrSchedule {
+    pub kind: Schedule,
+    pub base: f64,
+    pub warmup: u64,
+    /// Planned optimiser steps of the stage (cosine and linear reach their end there).
+    pub total: u64,
+    /// Rsqrt only: steps of linear cool-down at the end of the stage.
+    pub cooldown: u64,
+}
+
+/// `min(1, (step + 1) / warmup)`; 1 without warm-up.
+pub fn linear_warmup(step: u64, warmup: u64) -> f64 {
+    if warmup == 0 { 1.0 } else { ((step + 1) as f64 / warmup as f64).min(1.0) }
+}
+
+impl LrSchedule {
+    /// The stage's knobs over `total` planned steps (fractions of warm-up resolve against it).
+    pub fn from_training(training: &Training, total: u64) -> Self {
+        LrSchedule { kind: training.schedule, base: training.lr, warmup: training.warmup.steps(total), total, cooldown: 0 }
+    }
+
+    /// Multiplier of the base rate at `step`.
+    pub fn factor(&self, step: u64) -> f64 {
+        if step < self.warmup {
+            return linear_warmup(step, self.warmup);
+        }
+        let decay_steps = self.total.saturating_sub(self.warmup).max(1);
+        let p = ((step - self.warmup) as f64 / decay_steps as f64).min(1.0);
+        match self.kind {
+            Schedule::Constant => 1.0,
+            Schedule::Linear => 1.0 - p,
+            Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+            Schedule::Rsqrt => {
+                let decay = (self.warmup.max(1) as f64 / (step + 1) as f64).sqrt();
+                let start = self.total.saturating_sub(self.cooldown);
+                let cool = if self.cooldown > 0 && step >= start {
+                    (self.total.saturating_sub(step) as f64 / self.cooldown as f64).clamp(0.0, 1.0)
+                } else {
+                    1.0
+                };
+                decay * cool
+            }
+        }
+    }
+
+    /// The learning rate at `step`.
+    pub fn lr(&self, step: u64) -> f64 {
+        self.base * self.factor(step)
+    }
+}

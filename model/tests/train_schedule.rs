@@ -1,0 +1,87 @@
+//! Learning-rate schedules and the optimiser groups' rates at the steps that define them.
+
+use mixtures::{Recipe, Schedule, Training, Warmup};
+use model::train::{GroupLrs, LrSchedule, linear_warmup};
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-12
+}
+
+fn schedule(kind: Schedule, warmup: u64, total: u64) -> LrSchedule {
+    LrSchedule { kind, base: 2.0, warmup, total, cooldown: 0 }
+}
+
+#[test]
+fn warmup_is_linear_and_reaches_the_base_rate_on_its_last_step() {
+    for kind in [Schedule::Rsqrt, Schedule::Cosine, Schedule::Linear, Schedule::Constant] {
+        let s = schedule(kind, 10, 110);
+        assert!(close(s.lr(0), 0.2), "{kind}: first step gets 1/10");
+        assert!(close(s.lr(4), 1.0), "{kind}: halfway");
+        assert!(close(s.lr(9), 2.0), "{kind}: last warm-up step");
+    }
+    assert!(close(linear_warmup(0, 0), 1.0));
+    assert!(close(linear_warmup(500, 100), 1.0));
+}
+
+#[test]
+fn decays_after_warmup() {
+    let cosine = schedule(Schedule::Cosine, 10, 110);
+    assert!(close(cosine.lr(10), 2.0));
+    assert!(close(cosine.lr(60), 1.0), "half way through the decay: half the rate");
+    assert!(close(cosine.lr(35), 2.0 * 0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos())));
+    assert!(cosine.lr(109) > 0.0 && cosine.lr(109) < 2e-3);
+    assert!(close(cosine.lr(500), 0.0), "past the planned end it stays at zero");
+
+    let linear = schedule(Schedule::Linear, 10, 110);
+    assert!(close(linear.lr(60), 1.0));
+    assert!(close(linear.lr(85), 0.5));
+
+    let constant = schedule(Schedule::Constant, 10, 110);
+    assert!(close(constant.lr(100_000), 2.0));
+
+    let rsqrt = schedule(Schedule::Rsqrt, 100, 1000);
+    assert!(close(rsqrt.lr(99), 2.0));
+    assert!(close(rsqrt.lr(399), 1.0), "sqrt(100 / 400)");
+    assert!(close(rsqrt.lr(9999), 0.2), "sqrt(100 / 10000): no end");
+}
+
+#[test]
+fn rsqrt_cools_down_linearly_over_its_last_steps() {
+    let s = LrSchedule { cooldown: 200, ..schedule(Schedule::Rsqrt, 100, 1000) };
+    let plain = schedule(Schedule::Rsqrt, 100, 1000);
+    assert!(close(s.lr(799), plain.lr(799)), "before the cool-down");
+    assert!(close(s.lr(800), plain.lr(800)), "first cool-down step at full rate");
+    assert!(close(s.lr(900), plain.lr(900) * 0.5));
+    assert!(close(s.lr(999), plain.lr(999) / 200.0));
+}
+
+#[test]
+fn warmup_fractions_resolve_against_the_stage() {
+    let t = Training { lr: 1e-3, schedule: Schedule::Cosine, warmup: Warmup::Fraction(0.05), ..Recipe::Transfer.defaults() };
+    let s = LrSchedule::from_training(&t, 200);
+    assert_eq!(s.warmup, 10);
+    assert_eq!(s.total, 200);
+    assert!(close(s.lr(9), 1e-3));
+}
+
+#[test]
+fn the_image_encoder_warms_up_more_slowly_and_can_be_frozen() {
+    let t = Training {
+        lr: 1.0,
+        schedule: Schedule::Constant,
+        warmup: Warmup::Steps(10),
+        vit_warmup: Warmup::Steps(100),
+        ..Recipe::Pretrain.defaults()
+    };
+    let at = |step| GroupLrs::at(&t, step, 1000);
+    assert!(close(at(0).llm, 0.1) && close(at(0).projector, 0.1));
+    assert!(close(at(0).vision, 0.1 * 0.01), "both warm-ups multiply");
+    assert!(close(at(9).llm, 1.0));
+    assert!(close(at(9).vision, 0.1));
+    assert!(close(at(49).vision, 0.5));
+    assert!(close(at(99).vision, 1.0));
+    let frozen = Training { freeze_vit: true, ..t };
+    let lrs = GroupLrs::at(&frozen, 50, 1000);
+    assert_eq!(lrs.vision, 0.0);
+    assert!(close(lrs.llm, 1.0));
+}

@@ -65,10 +65,10 @@ impl Resize {
 
         let (r, rest) = chw.split_at_mut(side * side);
         let (g, b) = rest.split_at_mut(side * side);
-        for (i, px) in self.resized.chunks_exact(3).enumerate() {
-            r[i] = NORMALISED[usize::from(px[0])];
-            g[i] = NORMALISED[usize::from(px[1])];
-            b[i] = NORMALISED[usize::from(px[2])];
+        for (((px, r), g), b) in self.resized.chunks_exact(3).zip(r).zip(g).zip(b) {
+            *r = NORMALISED[usize::from(px[0])];
+            *g = NORMALISED[usize::from(px[1])];
+            *b = NORMALISED[usize::from(px[2])];
         }
         Ok(())
     }

@@ -339,3 +339,31 @@ fn an_empty_split_still_has_a_shard_with_its_schema() {
     assert_eq!(reader.schema().fields().len(), schema().columns.len());
     assert_eq!(reader.metadata().file_metadata().num_rows(), 0);
 }
+
+#[test]
+fn image_columns_have_the_arrow_type_and_features_that_datasets_and_pyarrow_write() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parquet");
+    let arrow_schema = |path: &Path| {
+        ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap().schema().clone()
+    };
+    let hf = arrow_schema(&fixtures.join("hf_datasets.parquet"));
+    let pyarrow_list = arrow_schema(&fixtures.join("image_list.parquet"));
+    let ours = Schema::new().image("image").image_list("images").to_arrow();
+
+    assert_eq!(
+        ours.field_with_name("image").unwrap().data_type(),
+        hf.field_with_name("image").unwrap().data_type()
+    );
+    let item_type = |t: &ArrowType| match t {
+        ArrowType::List(item) => item.data_type().clone(),
+        other => panic!("{other} is not a list"),
+    };
+    assert_eq!(
+        item_type(ours.field_with_name("images").unwrap().data_type()),
+        item_type(pyarrow_list.field_with_name("images").unwrap().data_type())
+    );
+    let features = |schema: &arrow::datatypes::Schema| -> serde_json::Value {
+        serde_json::from_str(&schema.metadata()["huggingface"]).unwrap()
+    };
+    assert_eq!(features(&ours)["info"]["features"]["image"], features(&hf)["info"]["features"]["image"]);
+}

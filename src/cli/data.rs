@@ -100,6 +100,9 @@ pub struct PrepareArgs {
     max_side: Option<u32>,
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// The share of rows that may be bad (skipped, listed in the manifest) before the job fails.
+    #[arg(long, default_value_t = 0.01)]
+    max_bad_fraction: f64,
     /// Also train a tokenizer of this many base tokens on the text columns (tokenizer.json).
     #[arg(long)]
     train_tokenizer: Option<usize>,
@@ -120,6 +123,7 @@ pub fn prepare_command(args: PrepareArgs) -> anyhow::Result<()> {
         rows_per_shard: args.rows_per_shard,
         max_side: args.max_side,
         threads: args.threads,
+        bad_input: pipeline::BadInputPolicy { max_fraction: args.max_bad_fraction, ..Default::default() },
         ..PrepareConfig::new(&args.out)
     };
     let bar = super::progress::bar(0, "rows");

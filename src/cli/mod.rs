@@ -5,6 +5,7 @@ mod mixture;
 mod pipeline;
 mod progress;
 mod quickstart;
+mod train;
 
 use std::process::ExitCode;
 
@@ -24,6 +25,8 @@ pub struct Cli {
 enum Command {
     /// The whole job on the embedded default: demo data, the quickstart spec, every stage.
     Quickstart(quickstart::QuickstartArgs),
+    /// Train a model through a mixture spec's stages, with checkpoints that resume exactly.
+    Train(train::TrainArgs),
     /// Generate the demo dataset: shapes with captions, questions, boxes and image pairs.
     DemoData(data::DemoArgs),
     /// Convert images with annotations, or existing Parquet, into paliforge shards.
@@ -49,6 +52,7 @@ pub fn init_logging(verbose: u8) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Quickstart(args) => quickstart::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Train(args) => train::run(args).map(|()| ExitCode::SUCCESS),
         Command::DemoData(args) => data::demo(args).map(|()| ExitCode::SUCCESS),
         Command::Prepare(args) => data::prepare_command(args).map(|()| ExitCode::SUCCESS),
         Command::Pipeline(command) => pipeline::run(command),

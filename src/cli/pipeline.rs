@@ -80,7 +80,7 @@ impl DataArgs {
                 "text_len": self.text_len,
                 "batch_size": self.batch,
                 "packing": self.packing,
-                "budget": { "examples": examples },
+                "budget": { "examples": examples.max(self.batch as u64) },
                 "weights": { "task": 1 },
             }],
         });

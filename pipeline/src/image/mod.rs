@@ -72,8 +72,8 @@ impl ImageProcessor {
         Ok(chw)
     }
 
-    /// [`process`](Self::process) into `chw` (`pixels_len(resolution)` values), such as an
-    /// image's place in a batch.
+    /// [`process`](Self::process) into `chw`, such as an image's place in a batch. `chw` must
+    /// hold exactly `pixels_len(resolution)` values: any other length is a bug, and panics.
     pub fn process_into(&mut self, bytes: &[u8], resolution: u32, chw: &mut [f32]) -> Result<(), ImageError> {
         let buffer = std::mem::take(&mut self.pixels);
         let rgb = self.decode(bytes, Some(resolution), buffer)?;

@@ -2,6 +2,7 @@
 
 mod data;
 mod mixture;
+mod model;
 mod pipeline;
 mod progress;
 mod quickstart;
@@ -37,6 +38,11 @@ enum Command {
     /// Validate, summarise and preview mixture specs.
     #[command(subcommand)]
     Mixture(mixture::Command),
+    /// Benchmark the model.
+    #[command(subcommand)]
+    Model(model::Command),
+    /// Generate text for images and a prompt with a Hugging Face PaliGemma folder.
+    Predict(model::PredictArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -57,5 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prepare(args) => data::prepare_command(args).map(|()| ExitCode::SUCCESS),
         Command::Pipeline(command) => pipeline::run(command),
         Command::Mixture(command) => mixture::run(command),
+        Command::Model(command) => model::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Predict(args) => model::predict(args).map(|()| ExitCode::SUCCESS),
     }
 }

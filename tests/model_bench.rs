@@ -29,10 +29,8 @@ fn model_bench_ends_with_a_json_line_of_figures() {
 
 #[test]
 fn model_bench_refuses_an_unknown_config() {
-    let out = Command::new(env!("CARGO_BIN_EXE_paliforge"))
-        .args(["model", "bench", "--config", "huge"])
-        .output()
-        .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_paliforge")).args(["model", "bench", "--config", "huge"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown config `huge`"));
 }

@@ -58,7 +58,8 @@ fn model_dir() -> (tempfile::TempDir, Vec<PathBuf>) {
     let images: Vec<PathBuf> = (0..2u32)
         .map(|k| {
             // not square and not 56 px, so the pipeline's resize has work to do
-            let img = RgbImage::from_fn(90, 70, |x, y| Rgb([(x * 2 + k * 90) as u8, (y * 3) as u8, ((x + y) * k) as u8]));
+            let img =
+                RgbImage::from_fn(90, 70, |x, y| Rgb([(x * 2 + k * 90) as u8, (y * 3) as u8, ((x + y) * k) as u8]));
             let path = dir.path().join(format!("image{k}.png"));
             img.save(&path).unwrap();
             path
@@ -104,20 +105,29 @@ fn predict_builds_transformers_prompt_and_decodes_as_the_model_crate() {
 
     let out = predict_json(dir.path(), &images[..1], &["--max-new-tokens", "8"]);
     let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(Path::new(FIXTURE).join("fixture_decode.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(Path::new(FIXTURE).join("fixture_decode.json")).unwrap())
+            .unwrap();
     assert_eq!(ids(&out["prompt_tokens"]), ids(&meta["cases"][0]["input_ids"]), "transformers' prompt");
 
     let opts = DecodeOptions { max_new_tokens: 8, stop_at_eos: true, keep_logits: false };
     let want = model::greedy(&m, &[in_process_prompt(&m, &images[..1])], &opts).unwrap().remove(0).tokens;
     assert!(!want.is_empty());
     assert_eq!(ids(&out["tokens"]), want);
-    let words: Vec<String> = want.iter().take_while(|&&t| t != 1).filter(|&&t| ![0, 2, 3, 299].contains(&t)).map(|&t| token(t)).collect();
+    let words: Vec<String> =
+        want.iter().take_while(|&&t| t != 1).filter(|&&t| ![0, 2, 3, 299].contains(&t)).map(|&t| token(t)).collect();
     assert_eq!(out["text"], json!(words.join(" ")));
 
     // plain output: the text alone
     let plain = paliforge(&[
-        "predict", "--model", dir.path().to_str().unwrap(), "--image", images[0].to_str().unwrap(),
-        "--prompt", PROMPT, "--max-new-tokens", "8",
+        "predict",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--image",
+        images[0].to_str().unwrap(),
+        "--prompt",
+        PROMPT,
+        "--max-new-tokens",
+        "8",
     ]);
     assert!(plain.status.success());
     assert_eq!(String::from_utf8(plain.stdout).unwrap(), format!("{}\n", words.join(" ")));
@@ -133,10 +143,11 @@ fn predict_with_two_images_and_beam_search() {
     let greedy = predict_json(dir.path(), &images, &["--max-new-tokens", "6"]);
     assert_eq!(ids(&greedy["prompt_tokens"]), prompt.tokens);
     let opts = DecodeOptions { max_new_tokens: 6, stop_at_eos: true, keep_logits: false };
-    assert_eq!(ids(&greedy["tokens"]), model::greedy(&m, &[prompt.clone()], &opts).unwrap()[0].tokens);
+    assert_eq!(ids(&greedy["tokens"]), model::greedy(&m, std::slice::from_ref(&prompt), &opts).unwrap()[0].tokens);
 
     let beam = predict_json(dir.path(), &images, &["--max-new-tokens", "6", "--beams", "3"]);
-    let want = model::beam_search(&m, &[prompt], &BeamOptions { beams: 3, decode: opts, ..Default::default() }).unwrap();
+    let want =
+        model::beam_search(&m, &[prompt], &BeamOptions { beams: 3, decode: opts, ..Default::default() }).unwrap();
     assert_eq!(ids(&beam["tokens"]), want[0].tokens);
 }
 
@@ -146,14 +157,30 @@ fn predict_errors_name_the_file_at_fault() {
     let not_image = dir.path().join("not-an-image.png");
     std::fs::write(&not_image, b"these bytes are no image").unwrap();
     let args = |image: &Path| {
-        paliforge(&["predict", "--model", dir.path().to_str().unwrap(), "--image", image.to_str().unwrap(), "--prompt", PROMPT])
+        paliforge(&[
+            "predict",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--prompt",
+            PROMPT,
+        ])
     };
     let out = args(&not_image);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not-an-image.png"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not-an-image.png"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
     let out = args(&images[0]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("tokenizer.json"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("tokenizer.json"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -97,7 +97,8 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let mut pixels = Vec::new();
     for path in &args.images {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let chw = images.process(&bytes, m.cfg.vision.image_size as u32).with_context(|| format!("{}", path.display()))?;
+        let chw =
+            images.process(&bytes, m.cfg.vision.image_size as u32).with_context(|| format!("{}", path.display()))?;
         pixels.extend(chw);
     }
     let prompt = Prompt::with_images(&m.cfg, &text, args.images.len(), pixels);
@@ -120,7 +121,8 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
 /// prompt encoded without special tokens, then the id that "\n" alone encodes to.
 fn prompt_text(tok: &Tokenizer, tok_path: &Path, cfg: &PaliGemmaConfig, prompt: &str) -> anyhow::Result<Vec<u32>> {
     let encode = |text: &str| -> anyhow::Result<Vec<u32>> {
-        let encoding = tok.encode_fast(text, false).map_err(|e| anyhow!("{}: encoding {text:?}: {e}", tok_path.display()))?;
+        let encoding =
+            tok.encode_fast(text, false).map_err(|e| anyhow!("{}: encoding {text:?}: {e}", tok_path.display()))?;
         Ok(encoding.get_ids().to_vec())
     };
     let sep = match encode("\n")?.as_slice() {

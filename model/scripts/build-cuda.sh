@@ -25,16 +25,23 @@ if [ ! -d "$WORK/dfdx-patched" ] || [ ! -d "$WORK/cuda-root" ]; then
 fi
 CU="$WORK/cuda/nvidia/cu13"
 
-# A one-crate workspace around a copy of model/, so the repository's Cargo.lock is not touched by
-# the [patch] of dfdx.
+# A workspace around copies of model/ and the crates it depends on (pipeline, mixtures), so the
+# repository's Cargo.lock is not touched by the [patch] of dfdx. Their tests stay behind, except
+# model's fixtures, which gpu_check reads.
 WS="$WORK/ws"
-rm -rf "$WS/model" && mkdir -p "$WS"
-(cd "$ROOT" && tar --exclude=target -cf - model) | tar -C "$WS" -xf -
+rm -rf "$WS/model" "$WS/pipeline" "$WS/mixtures" && mkdir -p "$WS"
+(cd "$ROOT" && tar --exclude=target -cf - model && tar --exclude=target --exclude=tests -cf - pipeline mixtures) \
+  | tar -C "$WS" -ixf -
 cp "$ROOT/Cargo.lock" "$WS/Cargo.lock"
+# the root's shared dependency versions, without the crates that are not copied
+DEPS=$(sed -n '/^\[workspace.dependencies\]/,/^\[/p' "$ROOT/Cargo.toml" | grep -v -e '^\[' -e '^service ')
 cat > "$WS/Cargo.toml" <<TOML
 [workspace]
-members = ["model"]
+members = ["model", "pipeline", "mixtures"]
 resolver = "3"
+
+[workspace.dependencies]
+$DEPS
 
 [workspace.package]
 edition = "2024"
@@ -55,6 +62,9 @@ export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-Wl,--disable-new-dtags,-rpath,$GPU
 
 rm -rf "$DIST" && mkdir -p "$DIST/cuda-include"
 cp "$WS/target/release/examples/gpu_check" "$WS/target/release/examples/bench" "$DIST/"
+# The binaries travel to the GPU machine: without debug info they are ~6 MB instead of ~170 MB
+# (symbol names stay, so backtraces still name functions).
+strip --strip-debug "$DIST/gpu_check" "$DIST/bench"
 cp -r "$CU/include/nv" "$DIST/cuda-include/"
 for h in cuda_fp16.h cuda_fp16.hpp vector_types.h vector_functions.h vector_functions.hpp; do
   cp "$CU/include/$h" "$DIST/cuda-include/"
@@ -62,4 +72,4 @@ done
 # local sanity check of the binary (no GPU here: the CUDA device cannot be created)
 readelf -d "$DIST/gpu_check" | grep -E 'NEEDED|RPATH' || true
 du -sh "$DIST"
-echo "built $DIST; on the GPU machine: sh model/scripts/gpu-check.sh $DIST"
+echo "built $DIST; on the GPU machine: sh scripts/gpu-check.sh $DIST"

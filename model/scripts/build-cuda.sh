@@ -62,7 +62,7 @@ export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-Wl,--disable-new-dtags,-rpath,$GPU
 
 rm -rf "$DIST" && mkdir -p "$DIST/cuda-include"
 cp "$WS/target/release/examples/gpu_check" "$WS/target/release/examples/bench" "$DIST/"
-# The binaries travel to the GPU machine: without debug info they are ~6 MB instead of ~170 MB
+# The binaries travel to the GPU machine: without debug info they are ~5 MB instead of ~175 MB
 # (symbol names stay, so backtraces still name functions).
 strip --strip-debug "$DIST/gpu_check" "$DIST/bench"
 cp -r "$CU/include/nv" "$DIST/cuda-include/"

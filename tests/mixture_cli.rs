@@ -4,24 +4,47 @@
 use std::process::Command;
 
 fn check(spec: &std::path::Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_paliforge")).args(["mixture", "check"]).arg(spec).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    let out = Command::new(env!("CARGO_BIN_EXE_paliforge"))
+        .args(["mixture", "check"])
+        .arg(spec)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 #[test]
 fn valid_and_invalid_specs_against_their_data() {
     let dir = tempfile::tempdir().unwrap();
     let demo = Command::new(env!("CARGO_BIN_EXE_paliforge"))
-        .args(["demo-data", "--rows", "40", "--pair-rows", "10", "--image-size", "32", "--out"])
+        .args([
+            "demo-data",
+            "--rows",
+            "40",
+            "--pair-rows",
+            "10",
+            "--image-size",
+            "32",
+            "--out",
+        ])
         .arg(dir.path().join("demo"))
         .output()
         .unwrap();
-    assert!(demo.status.success(), "{}", String::from_utf8_lossy(&demo.stderr));
+    assert!(
+        demo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
     let spec = include_str!("../mixtures/specs/quickstart.toml");
     std::fs::write(dir.path().join("good.toml"), spec).unwrap();
     let (ok, text) = check(&dir.path().join("good.toml"));
     assert!(ok, "{text}");
-    assert!(text.contains("stage 0 \"pretrain\"") && text.contains("good.toml: valid"), "{text}");
+    assert!(
+        text.contains("stage 0 \"pretrain\"") && text.contains("good.toml: valid"),
+        "{text}"
+    );
 
     // A column the shards lack, a task the stage doesn't have, a resolution off the patch grid.
     let broken = spec
@@ -31,7 +54,13 @@ fn valid_and_invalid_specs_against_their_data() {
     std::fs::write(dir.path().join("bad.toml"), broken).unwrap();
     let (ok, text) = check(&dir.path().join("bad.toml"));
     assert!(!ok, "{text}");
-    for needle in ["tasks.caption.suffix", "captions", "stages[2].weights.ocr", "stages[0].resolution", "3 error(s)"] {
+    for needle in [
+        "tasks.caption.suffix",
+        "captions",
+        "stages[2].weights.ocr",
+        "stages[0].resolution",
+        "3 error(s)",
+    ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
 }

@@ -9,7 +9,10 @@ use model::{BeamOptions, DecodeOptions, Prompt};
 use pipeline::image::{ImageProcessor, Rgb, RgbImage};
 use serde_json::{Value, json};
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/model/tests/fixtures/paligemma-tiny");
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/model/tests/fixtures/paligemma-tiny"
+);
 /// Fixture case 0's text: `<bos>` w160 w116 w94 w191 w167 "\n" (fixture_decode.json).
 const PROMPT: &str = "w160 w116 w94 w191 w167";
 
@@ -54,12 +57,17 @@ fn model_dir() -> (tempfile::TempDir, Vec<PathBuf>) {
     for file in ["config.json", "model.safetensors"] {
         std::fs::copy(Path::new(FIXTURE).join(file), dir.path().join(file)).unwrap();
     }
-    std::fs::write(dir.path().join("tokenizer.json"), tokenizer_json().to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer.json"),
+        tokenizer_json().to_string(),
+    )
+    .unwrap();
     let images: Vec<PathBuf> = (0..2u32)
         .map(|k| {
             // not square and not 56 px, so the pipeline's resize has work to do
-            let img =
-                RgbImage::from_fn(90, 70, |x, y| Rgb([(x * 2 + k * 90) as u8, (y * 3) as u8, ((x + y) * k) as u8]));
+            let img = RgbImage::from_fn(90, 70, |x, y| {
+                Rgb([(x * 2 + k * 90) as u8, (y * 3) as u8, ((x + y) * k) as u8])
+            });
             let path = dir.path().join(format!("image{k}.png"));
             img.save(&path).unwrap();
             path
@@ -69,22 +77,40 @@ fn model_dir() -> (tempfile::TempDir, Vec<PathBuf>) {
 }
 
 fn paliforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_paliforge")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_paliforge"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn predict_json(dir: &Path, images: &[PathBuf], extra: &[&str]) -> Value {
-    let mut args = vec!["predict", "--model", dir.to_str().unwrap(), "--prompt", PROMPT, "--json"];
+    let mut args = vec![
+        "predict",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        PROMPT,
+        "--json",
+    ];
     for image in images {
         args.extend(["--image", image.to_str().unwrap()]);
     }
     args.extend(extra);
     let out = paliforge(&args);
-    assert!(out.status.success(), "predict failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "predict failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// The prompt built in-process: the fixture's text tokens after the images' tokens, and the
@@ -93,9 +119,17 @@ fn in_process_prompt(m: &model::PaliGemma, images: &[PathBuf]) -> Prompt {
     let mut proc = ImageProcessor::new();
     let pixels: Vec<f32> = images
         .iter()
-        .flat_map(|p| proc.process(&std::fs::read(p).unwrap(), m.cfg.vision.image_size as u32).unwrap())
+        .flat_map(|p| {
+            proc.process(&std::fs::read(p).unwrap(), m.cfg.vision.image_size as u32)
+                .unwrap()
+        })
         .collect();
-    Prompt::with_images(&m.cfg, &[2, 160, 116, 94, 191, 167, 108], images.len(), pixels)
+    Prompt::with_images(
+        &m.cfg,
+        &[2, 160, 116, 94, 191, 167, 108],
+        images.len(),
+        pixels,
+    )
 }
 
 #[test]
@@ -104,17 +138,33 @@ fn predict_builds_transformers_prompt_and_decodes_as_the_model_crate() {
     let m = model::checkpoint::load(dir.path(), &model::device()).unwrap();
 
     let out = predict_json(dir.path(), &images[..1], &["--max-new-tokens", "8"]);
-    let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(Path::new(FIXTURE).join("fixture_decode.json")).unwrap())
-            .unwrap();
-    assert_eq!(ids(&out["prompt_tokens"]), ids(&meta["cases"][0]["input_ids"]), "transformers' prompt");
+    let meta: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(FIXTURE).join("fixture_decode.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        ids(&out["prompt_tokens"]),
+        ids(&meta["cases"][0]["input_ids"]),
+        "transformers' prompt"
+    );
 
-    let opts = DecodeOptions { max_new_tokens: 8, stop_at_eos: true, keep_logits: false };
-    let want = model::greedy(&m, &[in_process_prompt(&m, &images[..1])], &opts).unwrap().remove(0).tokens;
+    let opts = DecodeOptions {
+        max_new_tokens: 8,
+        stop_at_eos: true,
+        keep_logits: false,
+    };
+    let want = model::greedy(&m, &[in_process_prompt(&m, &images[..1])], &opts)
+        .unwrap()
+        .remove(0)
+        .tokens;
     assert!(!want.is_empty());
     assert_eq!(ids(&out["tokens"]), want);
-    let words: Vec<String> =
-        want.iter().take_while(|&&t| t != 1).filter(|&&t| ![0, 2, 3, 299].contains(&t)).map(|&t| token(t)).collect();
+    let words: Vec<String> = want
+        .iter()
+        .take_while(|&&t| t != 1)
+        .filter(|&&t| ![0, 2, 3, 299].contains(&t))
+        .map(|&t| token(t))
+        .collect();
     assert_eq!(out["text"], json!(words.join(" ")));
 
     // plain output: the text alone
@@ -130,7 +180,10 @@ fn predict_builds_transformers_prompt_and_decodes_as_the_model_crate() {
         "8",
     ]);
     assert!(plain.status.success());
-    assert_eq!(String::from_utf8(plain.stdout).unwrap(), format!("{}\n", words.join(" ")));
+    assert_eq!(
+        String::from_utf8(plain.stdout).unwrap(),
+        format!("{}\n", words.join(" "))
+    );
 }
 
 #[test]
@@ -142,12 +195,31 @@ fn predict_with_two_images_and_beam_search() {
 
     let greedy = predict_json(dir.path(), &images, &["--max-new-tokens", "6"]);
     assert_eq!(ids(&greedy["prompt_tokens"]), prompt.tokens);
-    let opts = DecodeOptions { max_new_tokens: 6, stop_at_eos: true, keep_logits: false };
-    assert_eq!(ids(&greedy["tokens"]), model::greedy(&m, std::slice::from_ref(&prompt), &opts).unwrap()[0].tokens);
+    let opts = DecodeOptions {
+        max_new_tokens: 6,
+        stop_at_eos: true,
+        keep_logits: false,
+    };
+    assert_eq!(
+        ids(&greedy["tokens"]),
+        model::greedy(&m, std::slice::from_ref(&prompt), &opts).unwrap()[0].tokens
+    );
 
-    let beam = predict_json(dir.path(), &images, &["--max-new-tokens", "6", "--beams", "3"]);
-    let want =
-        model::beam_search(&m, &[prompt], &BeamOptions { beams: 3, decode: opts, ..Default::default() }).unwrap();
+    let beam = predict_json(
+        dir.path(),
+        &images,
+        &["--max-new-tokens", "6", "--beams", "3"],
+    );
+    let want = model::beam_search(
+        &m,
+        &[prompt],
+        &BeamOptions {
+            beams: 3,
+            decode: opts,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(ids(&beam["tokens"]), want[0].tokens);
 }
 

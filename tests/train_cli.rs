@@ -5,8 +5,15 @@ use std::path::Path;
 use std::process::Command;
 
 fn paliforge(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_paliforge")).args(args).output().unwrap();
-    assert!(out.status.success(), "paliforge {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_paliforge"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "paliforge {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -25,11 +32,25 @@ fn losses(run: &Path) -> Vec<(u64, String)> {
 fn train_stops_resumes_and_matches_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/mixtures/specs/quickstart.toml"), d.join("spec.toml")).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/mixtures/specs/quickstart.toml"
+        ),
+        d.join("spec.toml"),
+    )
+    .unwrap();
     paliforge(&["demo-data", "--out", d.join("demo").to_str().unwrap()]);
     let spec = d.join("spec.toml");
     let (spec, whole, parts) = (spec.to_str().unwrap(), d.join("whole"), d.join("parts"));
-    let common = ["--config", "tiny", "--threads", "2", "--task-loss-every", "2"];
+    let common = [
+        "--config",
+        "tiny",
+        "--threads",
+        "2",
+        "--task-loss-every",
+        "2",
+    ];
     let train = |out: &Path, extra: &[&str]| {
         let mut args = vec!["train", spec, "--out", out.to_str().unwrap()];
         args.extend(common);
@@ -44,7 +65,14 @@ fn train_stops_resumes_and_matches_an_uninterrupted_run() {
     train(&parts, &["--max-steps", "2", "--checkpoint-every", "1"]);
     // starting again over a run's checkpoints needs --resume
     let again = Command::new(env!("CARGO_BIN_EXE_paliforge"))
-        .args(["train", spec, "--out", parts.to_str().unwrap(), "--config", "tiny"])
+        .args([
+            "train",
+            spec,
+            "--out",
+            parts.to_str().unwrap(),
+            "--config",
+            "tiny",
+        ])
         .output()
         .unwrap();
     assert!(!again.status.success());
@@ -54,9 +82,26 @@ fn train_stops_resumes_and_matches_an_uninterrupted_run() {
     let (a, b) = (losses(&whole), losses(&parts));
     assert_eq!(a.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2, 3, 4]);
     assert_eq!(a, b, "resumed losses equal the uninterrupted run's");
-    let last: serde_json::Value =
-        serde_json::from_str(std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap().lines().nth(1).unwrap()).unwrap();
-    assert!(last["task_loss"].as_object().is_some_and(|t| !t.is_empty()), "per-task loss on even steps: {last}");
-    assert!(whole.join("checkpoints/step-00000004/model.safetensors").is_file());
-    assert!(whole.join("checkpoints/step-00000004/config.json").is_file());
+    let last: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(whole.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        last["task_loss"].as_object().is_some_and(|t| !t.is_empty()),
+        "per-task loss on even steps: {last}"
+    );
+    assert!(
+        whole
+            .join("checkpoints/step-00000004/model.safetensors")
+            .is_file()
+    );
+    assert!(
+        whole
+            .join("checkpoints/step-00000004/config.json")
+            .is_file()
+    );
 }

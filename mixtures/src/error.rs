@@ -10,13 +10,23 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum SpecError {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: unknown spec format: expected a .toml or .json file", path.display())]
     UnknownFormat { path: PathBuf },
     #[error("{}{message}", line_prefix(*line))]
-    Toml { line: Option<usize>, message: String },
+    Toml {
+        line: Option<usize>,
+        message: String,
+    },
     #[error("line {line}, column {column}: {message}")]
-    Json { line: usize, column: usize, message: String },
+    Json {
+        line: usize,
+        column: usize,
+        message: String,
+    },
 }
 
 fn line_prefix(line: Option<usize>) -> String {
@@ -61,11 +71,24 @@ pub struct ValidationError {
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum Problem {
     #[error("no task named {name:?}{}", did_you_mean(suggestion))]
-    UnknownTask { name: String, suggestion: Option<String> },
+    UnknownTask {
+        name: String,
+        suggestion: Option<String>,
+    },
     #[error("no source named {name:?}{}", did_you_mean(suggestion))]
-    UnknownSource { name: String, suggestion: Option<String> },
-    #[error("source {source_name:?} has no column {column:?}{}", did_you_mean(suggestion))]
-    UnknownColumn { source_name: String, column: String, suggestion: Option<String> },
+    UnknownSource {
+        name: String,
+        suggestion: Option<String>,
+    },
+    #[error(
+        "source {source_name:?} has no column {column:?}{}",
+        did_you_mean(suggestion)
+    )]
+    UnknownColumn {
+        source_name: String,
+        column: String,
+        suggestion: Option<String>,
+    },
     #[error("bad template: {0}")]
     Template(#[from] TemplateError),
     #[error("a source needs at least one file, glob or URL in `data`")]
@@ -94,7 +117,12 @@ pub enum Problem {
         "text length {text_len} is too short for task {task:?}: bos + prefix ({prefix} tokens) + \
          separator + one suffix token + eos need {needed}"
     )]
-    TextTooShort { task: String, text_len: u32, prefix: usize, needed: usize },
+    TextTooShort {
+        task: String,
+        text_len: u32,
+        prefix: usize,
+        needed: usize,
+    },
     #[error("task {task:?} has {images} images per example, over this stage's cap of {cap}")]
     TooManyImages { task: String, images: u32, cap: u32 },
     #[error("a budget of {examples} examples is less than one batch of {batch_size}")]
@@ -102,13 +130,22 @@ pub enum Problem {
     #[error("the budget counts epochs of task {task:?}, which has no weight in this stage")]
     BudgetTaskUnweighted { task: String },
     #[error("the budget asks for {epochs} epochs but source {source_name:?} allows only {limit}")]
-    BudgetBeyondEpochLimit { epochs: u32, limit: u32, source_name: String },
-    #[error("the budget of {budget} examples exceeds the {available} that the sources' epoch limits allow")]
+    BudgetBeyondEpochLimit {
+        epochs: u32,
+        limit: u32,
+        source_name: String,
+    },
+    #[error(
+        "the budget of {budget} examples exceeds the {available} that the sources' epoch limits allow"
+    )]
     BudgetExceedsData { budget: u64, available: u64 },
 }
 
 fn did_you_mean(suggestion: &Option<String>) -> String {
-    suggestion.as_ref().map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default()
+    suggestion
+        .as_ref()
+        .map(|s| format!(" (did you mean {s:?}?)"))
+        .unwrap_or_default()
 }
 
 /// Every problem found in a spec, one per line when displayed.

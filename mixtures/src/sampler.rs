@@ -126,7 +126,10 @@ impl Sampler {
         let mut s = self.clone();
         let stages = s.plans.len();
         if state.stage > stages || (state.stage == stages && !state.credits.is_empty()) {
-            return Err(SamplerError::StageOutOfRange { stage: state.stage, stages });
+            return Err(SamplerError::StageOutOfRange {
+                stage: state.stage,
+                stages,
+            });
         }
         s.counters.fill(TaskCounters::default());
         s.retired.clear();
@@ -142,12 +145,21 @@ impl Sampler {
         if !state.credits.is_empty() {
             // The credited tasks must be exactly those the stage still draws.
             let expected: Vec<usize> = s.drawable();
-            let mismatch = |task: &str| SamplerError::StateMismatch { stage: state.stage, task: task.into() };
+            let mismatch = |task: &str| SamplerError::StateMismatch {
+                stage: state.stage,
+                task: task.into(),
+            };
             for (name, &credit) in &state.credits {
-                let id = s.task_id(name).filter(|id| expected.contains(id)).ok_or_else(|| mismatch(name))?;
+                let id = s
+                    .task_id(name)
+                    .filter(|id| expected.contains(id))
+                    .ok_or_else(|| mismatch(name))?;
                 s.active.push((id, credit));
             }
-            if let Some(&missing) = expected.iter().find(|id| !s.active.iter().any(|(a, _)| a == *id)) {
+            if let Some(&missing) = expected
+                .iter()
+                .find(|id| !s.active.iter().any(|(a, _)| a == *id))
+            {
                 return Err(mismatch(&s.names[missing]));
             }
             s.active.sort_unstable();
@@ -164,20 +176,27 @@ impl Sampler {
         let mut plans = Vec::new();
         for (i, stage) in mixture.stages.iter().enumerate() {
             let mut weights = vec![0; names.len()];
-            let stage_weights = mixture.stage_weights(i).expect("validation ensures a positive weight");
+            let stage_weights = mixture
+                .stage_weights(i)
+                .expect("validation ensures a positive weight");
             for (task, w) in stage_weights {
                 // Every drawn task keeps at least one unit, however small its share.
                 weights[id(&task).expect("validated")] = ((w * WEIGHT_SCALE).round() as i64).max(1);
             }
             let budget = match &stage.budget {
                 Budget::Examples(n) => PlanBudget::Examples(*n),
-                Budget::Epochs { epochs, task } => {
-                    PlanBudget::Epochs { epochs: *epochs, task: id(task).expect("validated") }
-                }
+                Budget::Epochs { epochs, task } => PlanBudget::Epochs {
+                    epochs: *epochs,
+                    task: id(task).expect("validated"),
+                },
             };
             plans.push(Plan { weights, budget });
         }
-        let limits = mixture.tasks.values().map(|t| mixture.sources[&t.source].epochs).collect();
+        let limits = mixture
+            .tasks
+            .values()
+            .map(|t| mixture.sources[&t.source].epochs)
+            .collect();
         Ok(Sampler {
             seed: mixture.seed,
             counters: vec![TaskCounters::default(); names.len()],
@@ -259,10 +278,24 @@ impl Sampler {
 
     /// The state to save in a checkpoint.
     pub fn state(&self) -> SamplerState {
-        let credits = self.active.iter().map(|&(id, credit)| (self.names[id].clone(), credit)).collect();
+        let credits = self
+            .active
+            .iter()
+            .map(|&(id, credit)| (self.names[id].clone(), credit))
+            .collect();
         let mut tasks = self.retired.clone();
-        tasks.extend(self.names.iter().cloned().zip(self.counters.iter().cloned()));
-        SamplerState { stage: self.stage, stage_examples: self.stage_examples, credits, tasks }
+        tasks.extend(
+            self.names
+                .iter()
+                .cloned()
+                .zip(self.counters.iter().cloned()),
+        );
+        SamplerState {
+            stage: self.stage,
+            stage_examples: self.stage_examples,
+            credits,
+            tasks,
+        }
     }
 
     /// The stage the next example comes from, with its index; `None` once finished.
@@ -302,7 +335,8 @@ impl Sampler {
     /// same on every machine and after every restore.
     pub fn epoch_seed(&self, task: usize, epoch: u32) -> u64 {
         let name = fnv1a(self.names[task].as_bytes());
-        let mut state = self.seed ^ name.rotate_left(17) ^ (epoch as u64).wrapping_mul(0xA24B_AED4_963E_E407);
+        let mut state =
+            self.seed ^ name.rotate_left(17) ^ (epoch as u64).wrapping_mul(0xA24B_AED4_963E_E407);
         splitmix64(&mut state)
     }
 
@@ -325,7 +359,9 @@ impl Sampler {
     /// Tasks the current stage draws: weighted and not spent, in id order.
     fn drawable(&self) -> Vec<usize> {
         let weights = &self.plans[self.stage].weights;
-        (0..self.names.len()).filter(|&id| weights[id] > 0 && !self.spent(id)).collect()
+        (0..self.names.len())
+            .filter(|&id| weights[id] > 0 && !self.spent(id))
+            .collect()
     }
 
     /// Moves past finished stages and starts the next one, so the state always names the
@@ -351,8 +387,11 @@ impl Sampler {
         }
         let mut rng = self.seed ^ (self.stage as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let weights = &self.plans[self.stage].weights;
-        self.active =
-            self.drawable().into_iter().map(|id| (id, (splitmix64(&mut rng) % weights[id] as u64) as i64)).collect();
+        self.active = self
+            .drawable()
+            .into_iter()
+            .map(|id| (id, (splitmix64(&mut rng) % weights[id] as u64) as i64))
+            .collect();
     }
 
     fn stage_done(&self) -> bool {
@@ -362,7 +401,8 @@ impl Sampler {
         match self.plans[self.stage].budget {
             PlanBudget::Examples(n) => self.stage_examples >= n,
             PlanBudget::Epochs { epochs, task } => {
-                self.counters[task].stage_epochs >= epochs || !self.active.iter().any(|&(id, _)| id == task)
+                self.counters[task].stage_epochs >= epochs
+                    || !self.active.iter().any(|&(id, _)| id == task)
             }
         }
     }
@@ -386,5 +426,7 @@ fn splitmix64(state: &mut u64) -> u64 {
 
 /// FNV-1a: a stable hash of task names (std's hasher may change between releases).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xCBF2_9CE4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3))
+    bytes.iter().fold(0xCBF2_9CE4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3)
+    })
 }

@@ -56,7 +56,11 @@ pub struct Source {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_columns: Vec<String>,
     /// Renames: the name templates use → the column in the files (`caption = "text"`).
-    #[serde(default, deserialize_with = "unique_map", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "unique_map",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub columns: BTreeMap<String, String>,
     /// Passes over the data allowed per task; default: unlimited (a spent epoch starts a new,
     /// reshuffled one).
@@ -195,11 +199,21 @@ impl TryFrom<RawBudget> for Budget {
     type Error = &'static str;
     fn try_from(raw: RawBudget) -> Result<Self, Self::Error> {
         match raw {
-            RawBudget { examples: Some(n), epochs: None, task: None } => Ok(Budget::Examples(n)),
-            RawBudget { examples: None, epochs: Some(epochs), task: Some(task) } => Ok(Budget::Epochs { epochs, task }),
-            RawBudget { examples: None, epochs: Some(_), task: None } => {
-                Err("a budget in `epochs` needs `task`: the task whose passes are counted")
-            }
+            RawBudget {
+                examples: Some(n),
+                epochs: None,
+                task: None,
+            } => Ok(Budget::Examples(n)),
+            RawBudget {
+                examples: None,
+                epochs: Some(epochs),
+                task: Some(task),
+            } => Ok(Budget::Epochs { epochs, task }),
+            RawBudget {
+                examples: None,
+                epochs: Some(_),
+                task: None,
+            } => Err("a budget in `epochs` needs `task`: the task whose passes are counted"),
             _ => Err("a budget is either `{ examples = N }` or `{ epochs = N, task = \"name\" }`"),
         }
     }
@@ -208,8 +222,16 @@ impl TryFrom<RawBudget> for Budget {
 impl From<Budget> for RawBudget {
     fn from(budget: Budget) -> Self {
         match budget {
-            Budget::Examples(n) => RawBudget { examples: Some(n), epochs: None, task: None },
-            Budget::Epochs { epochs, task } => RawBudget { examples: None, epochs: Some(epochs), task: Some(task) },
+            Budget::Examples(n) => RawBudget {
+                examples: Some(n),
+                epochs: None,
+                task: None,
+            },
+            Budget::Epochs { epochs, task } => RawBudget {
+                examples: None,
+                epochs: Some(epochs),
+                task: Some(task),
+            },
         }
     }
 }
@@ -217,7 +239,9 @@ impl From<Budget> for RawBudget {
 impl Mixture {
     pub fn from_toml_str(text: &str) -> Result<Mixture, SpecError> {
         let mut mixture: Mixture = toml::from_str(text).map_err(|e| SpecError::Toml {
-            line: e.span().map(|span| 1 + text[..span.start].matches('\n').count()),
+            line: e
+                .span()
+                .map(|span| 1 + text[..span.start].matches('\n').count()),
             message: e.message().trim().to_string(),
         })?;
         mixture.lines = Lines::from_toml(text);
@@ -237,7 +261,12 @@ impl Mixture {
     /// spec means the same data wherever the command runs.
     pub fn from_path(path: impl AsRef<Path>) -> Result<Mixture, SpecError> {
         let path = path.as_ref();
-        let read = || std::fs::read_to_string(path).map_err(|source| SpecError::Io { path: path.into(), source });
+        let read = || {
+            std::fs::read_to_string(path).map_err(|source| SpecError::Io {
+                path: path.into(),
+                source,
+            })
+        };
         let mut mixture = match path.extension().and_then(|e| e.to_str()) {
             Some("toml") => Mixture::from_toml_str(&read()?),
             Some("json") => Mixture::from_json_str(&read()?),
@@ -252,7 +281,9 @@ impl Mixture {
     pub fn rebase(&mut self, base: &Path) {
         for source in self.sources.values_mut() {
             for entry in &mut source.data {
-                let is_url = entry.split_once("://").is_some_and(|(scheme, _)| scheme.len() > 1);
+                let is_url = entry
+                    .split_once("://")
+                    .is_some_and(|(scheme, _)| scheme.len() > 1);
                 if !is_url && Path::new(entry.as_str()).is_relative() {
                     *entry = base.join(entry.as_str()).display().to_string();
                 }
@@ -268,14 +299,23 @@ impl Mixture {
     /// order; `None` if no task has a positive weight.
     pub fn stage_weights(&self, stage: usize) -> Option<Vec<(String, f64)>> {
         let raw = self.stages.get(stage)?.weights.raw(self);
-        let known: Vec<_> = raw.into_iter().filter(|(t, _)| self.tasks.contains_key(t)).collect();
+        let known: Vec<_> = raw
+            .into_iter()
+            .filter(|(t, _)| self.tasks.contains_key(t))
+            .collect();
         weights::normalise(&known)
     }
 
     /// Images per example of `task`: its `images`, else one per image column of its source.
     pub fn images_per_example(&self, task: &str) -> u32 {
-        let Some(task) = self.tasks.get(task) else { return 0 };
-        task.images.unwrap_or_else(|| self.sources.get(&task.source).map_or(0, |s| s.image_columns.len() as u32))
+        let Some(task) = self.tasks.get(task) else {
+            return 0;
+        };
+        task.images.unwrap_or_else(|| {
+            self.sources
+                .get(&task.source)
+                .map_or(0, |s| s.image_columns.len() as u32)
+        })
     }
 }
 

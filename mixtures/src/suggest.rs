@@ -2,7 +2,10 @@
 
 /// The candidate closest to `name`, if it is close enough to be a plausible typo: at most half
 /// of the longer name differs, or one name extends the other (`ocr` → `ocr_en`).
-pub(crate) fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub(crate) fn closest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     candidates
         .into_iter()
         .filter(|c| *c != name)
@@ -50,6 +53,10 @@ mod tests {
         assert_eq!(closest("ocr", names).as_deref(), Some("ocr_en"));
         assert_eq!(closest("captoin", names).as_deref(), Some("caption"));
         assert_eq!(closest("detection", names), None);
-        assert_eq!(closest("vqa", names), None, "an exact match is not a suggestion");
+        assert_eq!(
+            closest("vqa", names),
+            None,
+            "an exact match is not a suggestion"
+        );
     }
 }

@@ -22,7 +22,10 @@ pub struct SummaryContext<'a> {
 
 impl Default for SummaryContext<'_> {
     fn default() -> Self {
-        SummaryContext { patch_size: 14, rows_of: None }
+        SummaryContext {
+            patch_size: 14,
+            rows_of: None,
+        }
     }
 }
 
@@ -56,7 +59,9 @@ pub struct TaskSummary {
 pub fn summarize(mixture: &Mixture, ctx: &SummaryContext) -> Vec<StageSummary> {
     let rows = |task: &str| {
         let source = &mixture.tasks.get(task)?.source;
-        ctx.rows_of.and_then(|f| f(source)).or(mixture.sources.get(source)?.size)
+        ctx.rows_of
+            .and_then(|f| f(source))
+            .or(mixture.sources.get(source)?.size)
     };
     mixture
         .stages
@@ -67,8 +72,14 @@ pub fn summarize(mixture: &Mixture, ctx: &SummaryContext) -> Vec<StageSummary> {
             let examples = match &stage.budget {
                 Budget::Examples(n) => Some(*n),
                 Budget::Epochs { epochs, task } => {
-                    let share = weights.iter().find(|(t, _)| t == task).map(|(_, w)| *w).filter(|w| *w > 0.0);
-                    rows(task).zip(share).map(|(rows, share)| (*epochs as f64 * rows as f64 / share).round() as u64)
+                    let share = weights
+                        .iter()
+                        .find(|(t, _)| t == task)
+                        .map(|(_, w)| *w)
+                        .filter(|w| *w > 0.0);
+                    rows(task)
+                        .zip(share)
+                        .map(|(rows, share)| (*epochs as f64 * rows as f64 / share).round() as u64)
                 }
             };
             let image_tokens = stage.image_tokens(ctx.patch_size);
@@ -76,10 +87,13 @@ pub fn summarize(mixture: &Mixture, ctx: &SummaryContext) -> Vec<StageSummary> {
                 .into_iter()
                 .map(|(task, weight)| {
                     let task_examples = examples.map(|n| (n as f64 * weight).round() as u64);
-                    let per_example =
-                        mixture.images_per_example(&task) as u64 * image_tokens as u64 + stage.text_len() as u64;
+                    let per_example = mixture.images_per_example(&task) as u64
+                        * image_tokens as u64
+                        + stage.text_len() as u64;
                     TaskSummary {
-                        epochs: task_examples.zip(rows(&task)).map(|(n, rows)| n as f64 / rows.max(1) as f64),
+                        epochs: task_examples
+                            .zip(rows(&task))
+                            .map(|(n, rows)| n as f64 / rows.max(1) as f64),
                         tokens: task_examples.map(|n| n * per_example),
                         examples: task_examples,
                         weight,
@@ -122,7 +136,11 @@ pub fn summary_table(mixture: &Mixture, ctx: &SummaryContext) -> String {
             training.schedule,
             if spec.packing() { ", packed" } else { "" },
         );
-        let mut rows = vec![["task", "weight", "examples", "epochs", "tokens"].map(String::from).to_vec()];
+        let mut rows = vec![
+            ["task", "weight", "examples", "epochs", "tokens"]
+                .map(String::from)
+                .to_vec(),
+        ];
         for t in &stage.tasks {
             rows.push(vec![
                 t.task.clone(),
@@ -149,8 +167,9 @@ pub fn summary_table(mixture: &Mixture, ctx: &SummaryContext) -> String {
 
 /// Columns padded to their widest cell: the first left-aligned, the rest right-aligned.
 fn table(rows: &[Vec<String>]) -> String {
-    let widths: Vec<usize> =
-        (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for row in rows {
         let mut line = String::from(" ");

@@ -16,7 +16,10 @@ pub struct Template {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Part {
     Literal(String),
-    Field { column: String, format: Option<String> },
+    Field {
+        column: String,
+        format: Option<String>,
+    },
 }
 
 impl Template {
@@ -29,10 +32,18 @@ impl Template {
             match c {
                 '{' if chars.next_if(|&(_, c)| c == '{').is_some() => literal.push('{'),
                 '}' if chars.next_if(|&(_, c)| c == '}').is_some() => literal.push('}'),
-                '}' => return Err(TemplateError { position: i, problem: TemplateProblem::StrayClose }),
+                '}' => {
+                    return Err(TemplateError {
+                        position: i,
+                        problem: TemplateProblem::StrayClose,
+                    });
+                }
                 '{' => {
                     let close = text[i..].find('}').map(|j| i + j);
-                    let close = close.ok_or(TemplateError { position: i, problem: TemplateProblem::Unclosed })?;
+                    let close = close.ok_or(TemplateError {
+                        position: i,
+                        problem: TemplateProblem::Unclosed,
+                    })?;
                     if !literal.is_empty() {
                         parts.push(Part::Literal(std::mem::take(&mut literal)));
                     }
@@ -81,7 +92,10 @@ impl Template {
     }
 
     /// Renders the template, asking `lookup(column, format)` for each field's text.
-    pub fn render<E>(&self, mut lookup: impl FnMut(&str, Option<&str>) -> Result<String, E>) -> Result<String, E> {
+    pub fn render<E>(
+        &self,
+        mut lookup: impl FnMut(&str, Option<&str>) -> Result<String, E>,
+    ) -> Result<String, E> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
@@ -95,7 +109,10 @@ impl Template {
 
 /// The inside of `{...}` starting at byte `open` of the template.
 fn field(inside: &str, open: usize) -> Result<Part, TemplateError> {
-    let error = |problem| TemplateError { position: open, problem };
+    let error = |problem| TemplateError {
+        position: open,
+        problem,
+    };
     if inside.contains('{') {
         return Err(error(TemplateProblem::Unclosed));
     }
@@ -109,13 +126,19 @@ fn field(inside: &str, open: usize) -> Result<Part, TemplateError> {
     if format == Some("") {
         return Err(error(TemplateProblem::EmptyFormat));
     }
-    let name_ok = |s: &str| s.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    let name_ok = |s: &str| {
+        s.chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
     for name in std::iter::once(column).chain(format) {
         if !name_ok(name) {
             return Err(error(TemplateProblem::BadName(name.to_string())));
         }
     }
-    Ok(Part::Field { column: column.to_string(), format: format.map(str::to_string) })
+    Ok(Part::Field {
+        column: column.to_string(),
+        format: format.map(str::to_string),
+    })
 }
 
 /// Writes the template back in its source syntax (braces in literals doubled).
@@ -124,8 +147,14 @@ impl fmt::Display for Template {
         for part in &self.parts {
             match part {
                 Part::Literal(s) => f.write_str(&s.replace('{', "{{").replace('}', "}}"))?,
-                Part::Field { column, format: None } => write!(f, "{{{column}}}")?,
-                Part::Field { column, format: Some(format) } => write!(f, "{{{column}:{format}}}")?,
+                Part::Field {
+                    column,
+                    format: None,
+                } => write!(f, "{{{column}}}")?,
+                Part::Field {
+                    column,
+                    format: Some(format),
+                } => write!(f, "{{{column}:{format}}}")?,
             }
         }
         Ok(())
@@ -147,13 +176,19 @@ mod tests {
         Part::Literal(s.into())
     }
     fn field(column: &str, format: Option<&str>) -> Part {
-        Part::Field { column: column.into(), format: format.map(Into::into) }
+        Part::Field {
+            column: column.into(),
+            format: format.map(Into::into),
+        }
     }
 
     #[test]
     fn parses_fields_formats_and_escapes() {
         let t = Template::parse("{boxes:loc} {label}").unwrap();
-        assert_eq!(t.parts(), [field("boxes", Some("loc")), lit(" "), field("label", None)]);
+        assert_eq!(
+            t.parts(),
+            [field("boxes", Some("loc")), lit(" "), field("label", None)]
+        );
         let t = Template::parse("answer en {question}").unwrap();
         assert_eq!(t.parts(), [lit("answer en "), field("question", None)]);
         let t = Template::parse("{{json}} {a}}}").unwrap();
@@ -171,13 +206,28 @@ mod tests {
     #[test]
     fn errors_name_the_byte() {
         let err = |s| Template::parse(s).unwrap_err();
-        assert_eq!(err("ab {q"), TemplateError { position: 3, problem: TemplateProblem::Unclosed });
-        assert_eq!(err("a } b"), TemplateError { position: 2, problem: TemplateProblem::StrayClose });
+        assert_eq!(
+            err("ab {q"),
+            TemplateError {
+                position: 3,
+                problem: TemplateProblem::Unclosed
+            }
+        );
+        assert_eq!(
+            err("a } b"),
+            TemplateError {
+                position: 2,
+                problem: TemplateProblem::StrayClose
+            }
+        );
         assert_eq!(err("{}").problem, TemplateProblem::EmptyField);
         assert_eq!(err("{a:}").problem, TemplateProblem::EmptyFormat);
         assert_eq!(err("{a b}").problem, TemplateProblem::BadName("a b".into()));
         assert_eq!(err("{a {b}").problem, TemplateProblem::Unclosed);
-        assert_eq!(err("ab {q").to_string(), "at byte 3: '{' is never closed (write '{{' for a literal brace)");
+        assert_eq!(
+            err("ab {q").to_string(),
+            "at byte 3: '{' is never closed (write '{{' for a literal brace)"
+        );
     }
 
     #[test]

@@ -27,7 +27,11 @@ pub struct ValidationContext<'a> {
 
 impl Default for ValidationContext<'_> {
     fn default() -> Self {
-        ValidationContext { patch_size: 14, columns_of: None, prefix_token_count: None }
+        ValidationContext {
+            patch_size: 14,
+            columns_of: None,
+            prefix_token_count: None,
+        }
     }
 }
 
@@ -39,10 +43,16 @@ impl<'a> ValidationContext<'a> {
         ValidationContext { patch_size, ..self }
     }
     pub fn with_columns(self, columns_of: &'a ColumnsOf<'a>) -> Self {
-        ValidationContext { columns_of: Some(columns_of), ..self }
+        ValidationContext {
+            columns_of: Some(columns_of),
+            ..self
+        }
     }
     pub fn with_prefix_tokens(self, count: &'a dyn Fn(&str) -> usize) -> Self {
-        ValidationContext { prefix_token_count: Some(count), ..self }
+        ValidationContext {
+            prefix_token_count: Some(count),
+            ..self
+        }
     }
 
     fn prefix_tokens(&self, literal: &str) -> usize {
@@ -60,7 +70,11 @@ const TEXT_OVERHEAD: usize = 4;
 impl Mixture {
     /// Every problem in the spec, each with its key path and (for TOML) line.
     pub fn validate(&self, ctx: &ValidationContext) -> Result<(), ValidationErrors> {
-        let mut check = Checker { mixture: self, ctx, errors: Vec::new() };
+        let mut check = Checker {
+            mixture: self,
+            ctx,
+            errors: Vec::new(),
+        };
         check.sources();
         check.tasks();
         check.stages();
@@ -81,7 +95,11 @@ impl Checker<'_, '_> {
     fn error(&mut self, path: impl Into<String>, problem: Problem) {
         let path = path.into();
         let line = self.mixture.lines.line(&path);
-        self.errors.push(ValidationError { path, line, problem });
+        self.errors.push(ValidationError {
+            path,
+            line,
+            problem,
+        });
     }
 
     fn positive(&mut self, path: impl Into<String>, value: Option<impl Into<u64>>) {
@@ -90,7 +108,13 @@ impl Checker<'_, '_> {
         }
     }
 
-    fn in_range(&mut self, path: String, value: Option<f64>, ok: fn(f64) -> bool, range: &'static str) {
+    fn in_range(
+        &mut self,
+        path: String,
+        value: Option<f64>,
+        ok: fn(f64) -> bool,
+        range: &'static str,
+    ) {
         if let Some(value) = value.filter(|&v| !ok(v)) {
             self.error(path, Problem::OutOfRange { value, range });
         }
@@ -100,7 +124,11 @@ impl Checker<'_, '_> {
     /// plus renames that point at one.
     fn names_of(&self, source_name: &str, source: &Source) -> Option<Vec<String>> {
         let file_columns = (self.ctx.columns_of?)(source_name)?;
-        let renamed = source.columns.iter().filter(|(_, to)| file_columns.contains(to)).map(|(from, _)| from.clone());
+        let renamed = source
+            .columns
+            .iter()
+            .filter(|(_, to)| file_columns.contains(to))
+            .map(|(from, _)| from.clone());
         let mut names: Vec<String> = file_columns.iter().cloned().chain(renamed).collect();
         names.sort();
         names.dedup();
@@ -109,7 +137,11 @@ impl Checker<'_, '_> {
 
     fn unknown_column(&mut self, path: String, source_name: &str, column: &str, known: &[String]) {
         let suggestion = closest(column, known.iter().map(String::as_str));
-        let problem = Problem::UnknownColumn { source_name: source_name.into(), column: column.into(), suggestion };
+        let problem = Problem::UnknownColumn {
+            source_name: source_name.into(),
+            column: column.into(),
+            suggestion,
+        };
         self.error(path, problem);
     }
 
@@ -124,16 +156,28 @@ impl Checker<'_, '_> {
             }
             self.positive(key_path(&path, "epochs"), source.epochs);
             self.positive(key_path(&path, "size"), source.size);
-            let Some(file_columns) = self.ctx.columns_of.and_then(|f| f(name)) else { continue };
+            let Some(file_columns) = self.ctx.columns_of.and_then(|f| f(name)) else {
+                continue;
+            };
             for (from, to) in &source.columns {
                 if !file_columns.contains(to) {
-                    self.unknown_column(key_path(&key_path(&path, "columns"), from), name, to, &file_columns);
+                    self.unknown_column(
+                        key_path(&key_path(&path, "columns"), from),
+                        name,
+                        to,
+                        &file_columns,
+                    );
                 }
             }
             let names = self.names_of(name, source).unwrap_or_default();
             for (i, column) in source.image_columns.iter().enumerate() {
                 if !names.contains(column) {
-                    self.unknown_column(index_path(&key_path(&path, "image_columns"), i), name, column, &names);
+                    self.unknown_column(
+                        index_path(&key_path(&path, "image_columns"), i),
+                        name,
+                        column,
+                        &names,
+                    );
                 }
             }
         }
@@ -147,13 +191,25 @@ impl Checker<'_, '_> {
             }
             self.positive(key_path(&path, "images"), task.images);
             self.positive(key_path(&path, "max_text_len"), task.max_text_len);
-            if let Some(problem) = task.max_text_len.and_then(|cap| self.text_too_short(name, cap)) {
+            if let Some(problem) = task
+                .max_text_len
+                .and_then(|cap| self.text_too_short(name, cap))
+            {
                 self.error(key_path(&path, "max_text_len"), problem);
             }
             let source = self.mixture.sources.get(&task.source);
             if source.is_none() {
-                let suggestion = closest(&task.source, self.mixture.sources.keys().map(String::as_str));
-                self.error(key_path(&path, "source"), Problem::UnknownSource { name: task.source.clone(), suggestion });
+                let suggestion = closest(
+                    &task.source,
+                    self.mixture.sources.keys().map(String::as_str),
+                );
+                self.error(
+                    key_path(&path, "source"),
+                    Problem::UnknownSource {
+                        name: task.source.clone(),
+                        suggestion,
+                    },
+                );
             }
             let names = source.and_then(|s| self.names_of(&task.source, s));
             for (key, text) in [("prefix", &task.prefix), ("suffix", &task.suffix)] {
@@ -161,8 +217,15 @@ impl Checker<'_, '_> {
                     Err(e) => self.error(key_path(&path, key), Problem::Template(e)),
                     Ok(template) => {
                         for column in template.columns() {
-                            if let Some(names) = names.as_ref().filter(|n| !n.iter().any(|n| n == column)) {
-                                self.unknown_column(key_path(&path, key), &task.source, column, names);
+                            if let Some(names) =
+                                names.as_ref().filter(|n| !n.iter().any(|n| n == column))
+                            {
+                                self.unknown_column(
+                                    key_path(&path, key),
+                                    &task.source,
+                                    column,
+                                    names,
+                                );
                             }
                         }
                     }
@@ -187,7 +250,13 @@ impl Checker<'_, '_> {
             if stage.name.is_empty() {
                 self.error(key_path(&path, "name"), Problem::EmptyName);
             } else if let Some(&first) = first_use.get(stage.name.as_str()) {
-                self.error(key_path(&path, "name"), Problem::DuplicateStage { name: stage.name.clone(), first });
+                self.error(
+                    key_path(&path, "name"),
+                    Problem::DuplicateStage {
+                        name: stage.name.clone(),
+                        first,
+                    },
+                );
             } else {
                 first_use.insert(&stage.name, i);
             }
@@ -204,7 +273,10 @@ impl Checker<'_, '_> {
         match stage.resolution {
             Some(0) => self.error(key_path(path, "resolution"), Problem::Zero),
             _ if patch > 0 && !stage.resolution().is_multiple_of(patch) => {
-                let problem = Problem::Resolution { resolution: stage.resolution(), patch };
+                let problem = Problem::Resolution {
+                    resolution: stage.resolution(),
+                    patch,
+                };
                 self.error(key_path(path, "resolution"), problem);
             }
             _ => {}
@@ -216,7 +288,13 @@ impl Checker<'_, '_> {
 
     fn unknown_task(&mut self, path: String, name: &str) {
         let suggestion = closest(name, self.mixture.tasks.keys().map(String::as_str));
-        self.error(path, Problem::UnknownTask { name: name.into(), suggestion });
+        self.error(
+            path,
+            Problem::UnknownTask {
+                name: name.into(),
+                suggestion,
+            },
+        );
     }
 
     fn weights(&mut self, stage_path: &str, stage: &Stage) {
@@ -243,7 +321,12 @@ impl Checker<'_, '_> {
             Weights::Proportional(p) => {
                 let path = key_path(&path, "proportional");
                 let temperature_ok: fn(f64) -> bool = |t| t.is_finite() && t > 0.0;
-                self.in_range(key_path(&path, "temperature"), Some(p.temperature), temperature_ok, "(0, ∞)");
+                self.in_range(
+                    key_path(&path, "temperature"),
+                    Some(p.temperature),
+                    temperature_ok,
+                    "(0, ∞)",
+                );
                 self.positive(key_path(&path, "cap"), p.cap);
                 let all: Vec<&String> = self.mixture.tasks.keys().collect();
                 let tasks = match &p.tasks {
@@ -259,7 +342,11 @@ impl Checker<'_, '_> {
                         self.unknown_task(index_path(&key_path(&path, "tasks"), j), task);
                         continue;
                     };
-                    let has_size = self.mixture.sources.get(&t.source).is_none_or(|s| s.size.is_some());
+                    let has_size = self
+                        .mixture
+                        .sources
+                        .get(&t.source)
+                        .is_none_or(|s| s.size.is_some());
                     if !has_size && !missing_size.contains(&t.source) {
                         missing_size.push(t.source.clone());
                     }
@@ -278,7 +365,10 @@ impl Checker<'_, '_> {
             Budget::Examples(0) => self.error(key_path(&path, "examples"), Problem::Zero),
             &Budget::Examples(examples) => {
                 if examples < stage.batch_size() as u64 && stage.batch_size() > 0 {
-                    let problem = Problem::BudgetBelowBatch { examples, batch_size: stage.batch_size() };
+                    let problem = Problem::BudgetBelowBatch {
+                        examples,
+                        batch_size: stage.batch_size(),
+                    };
                     self.error(key_path(&path, "examples"), problem);
                 }
                 // Only decidable when every task's data is both limited and of known size.
@@ -289,10 +379,17 @@ impl Checker<'_, '_> {
                         Some(source.size? * source.epochs? as u64)
                     })
                     .collect();
-                if let Some(available) =
-                    limits.map(|l| l.iter().sum::<u64>()).filter(|&a| a < examples && !weighted.is_empty())
+                if let Some(available) = limits
+                    .map(|l| l.iter().sum::<u64>())
+                    .filter(|&a| a < examples && !weighted.is_empty())
                 {
-                    self.error(key_path(&path, "examples"), Problem::BudgetExceedsData { budget: examples, available });
+                    self.error(
+                        key_path(&path, "examples"),
+                        Problem::BudgetExceedsData {
+                            budget: examples,
+                            available,
+                        },
+                    );
                 }
             }
             Budget::Epochs { epochs, task } => {
@@ -303,11 +400,23 @@ impl Checker<'_, '_> {
                     return self.unknown_task(key_path(&path, "task"), task);
                 };
                 if !weighted.iter().any(|(w, _)| w == task) {
-                    self.error(key_path(&path, "task"), Problem::BudgetTaskUnweighted { task: task.clone() });
+                    self.error(
+                        key_path(&path, "task"),
+                        Problem::BudgetTaskUnweighted { task: task.clone() },
+                    );
                 }
-                if let Some(limit) = self.mixture.sources.get(&t.source).and_then(|s| s.epochs).filter(|l| l < epochs) {
-                    let problem =
-                        Problem::BudgetBeyondEpochLimit { epochs: *epochs, limit, source_name: t.source.clone() };
+                if let Some(limit) = self
+                    .mixture
+                    .sources
+                    .get(&t.source)
+                    .and_then(|s| s.epochs)
+                    .filter(|l| l < epochs)
+                {
+                    let problem = Problem::BudgetBeyondEpochLimit {
+                        epochs: *epochs,
+                        limit,
+                        source_name: t.source.clone(),
+                    };
                     self.error(key_path(&path, "epochs"), problem);
                 }
             }
@@ -322,7 +431,11 @@ impl Checker<'_, '_> {
             if let Some(cap) = stage.max_images.filter(|&cap| cap > 0 && images > cap) {
                 self.error(
                     key_path(stage_path, "max_images"),
-                    Problem::TooManyImages { task: name.clone(), images, cap },
+                    Problem::TooManyImages {
+                        task: name.clone(),
+                        images,
+                        cap,
+                    },
                 );
             }
             // A task cap below the stage's length binds instead, and is checked with the task.
@@ -351,11 +464,36 @@ impl Checker<'_, '_> {
     fn training(&mut self, stage_path: &str, stage: &Stage) {
         let path = key_path(stage_path, "train");
         let t = &stage.train;
-        self.in_range(key_path(&path, "lr"), t.lr, |v| v.is_finite() && v > 0.0, "(0, ∞)");
-        self.in_range(key_path(&path, "label_smoothing"), t.label_smoothing, |v| (0.0..1.0).contains(&v), "[0, 1)");
-        self.in_range(key_path(&path, "llm_dropout"), t.llm_dropout, |v| (0.0..1.0).contains(&v), "[0, 1)");
-        self.in_range(key_path(&path, "weight_decay"), t.weight_decay, |v| v.is_finite() && v >= 0.0, "[0, ∞)");
-        self.in_range(key_path(&path, "grad_clip"), t.grad_clip, |v| v.is_finite() && v >= 0.0, "[0, ∞)");
+        self.in_range(
+            key_path(&path, "lr"),
+            t.lr,
+            |v| v.is_finite() && v > 0.0,
+            "(0, ∞)",
+        );
+        self.in_range(
+            key_path(&path, "label_smoothing"),
+            t.label_smoothing,
+            |v| (0.0..1.0).contains(&v),
+            "[0, 1)",
+        );
+        self.in_range(
+            key_path(&path, "llm_dropout"),
+            t.llm_dropout,
+            |v| (0.0..1.0).contains(&v),
+            "[0, 1)",
+        );
+        self.in_range(
+            key_path(&path, "weight_decay"),
+            t.weight_decay,
+            |v| v.is_finite() && v >= 0.0,
+            "[0, ∞)",
+        );
+        self.in_range(
+            key_path(&path, "grad_clip"),
+            t.grad_clip,
+            |v| v.is_finite() && v >= 0.0,
+            "[0, ∞)",
+        );
         for (key, warmup) in [("warmup", t.warmup), ("vit_warmup", t.vit_warmup)] {
             let fraction = match warmup {
                 Some(Warmup::Fraction(f)) => Some(f),

@@ -79,8 +79,13 @@ impl TryFrom<RawWeights> for Weights {
 impl From<Weights> for RawWeights {
     fn from(weights: Weights) -> Self {
         RawWeights(match weights {
-            Weights::Explicit(map) => map.into_iter().map(|(t, w)| (t, Entry::Number(w))).collect(),
-            Weights::Proportional(p) => BTreeMap::from([("proportional".into(), Entry::Proportional(p))]),
+            Weights::Explicit(map) => map
+                .into_iter()
+                .map(|(t, w)| (t, Entry::Number(w)))
+                .collect(),
+            Weights::Proportional(p) => {
+                BTreeMap::from([("proportional".into(), Entry::Proportional(p))])
+            }
         })
     }
 }
@@ -107,7 +112,10 @@ impl Weights {
                         Some((t.clone(), ln(rows as f64) / p.temperature))
                     })
                     .collect();
-                let top = logs.iter().map(|(_, l)| *l).fold(f64::NEG_INFINITY, f64::max);
+                let top = logs
+                    .iter()
+                    .map(|(_, l)| *l)
+                    .fold(f64::NEG_INFINITY, f64::max);
                 logs.into_iter().map(|(t, l)| (t, exp(l - top))).collect()
             }
         }
@@ -163,9 +171,19 @@ mod tests {
 
     #[test]
     fn ln_and_exp_match_libm_closely() {
-        for &(x, y) in &[(2.0, 0.5), (1e6, 1.0 / 3.0), (123456.0, 0.25), (7.0, 1.0), (1e12, 0.5), (0.3, 2.0)] {
+        for &(x, y) in &[
+            (2.0, 0.5),
+            (1e6, 1.0 / 3.0),
+            (123456.0, 0.25),
+            (7.0, 1.0),
+            (1e12, 0.5),
+            (0.3, 2.0),
+        ] {
             let (ours, libm) = (exp(y * ln(x)), f64::powf(x, y));
-            assert!(((ours - libm) / libm).abs() < 1e-13, "{x}^{y}: {ours} vs {libm}");
+            assert!(
+                ((ours - libm) / libm).abs() < 1e-13,
+                "{x}^{y}: {ours} vs {libm}"
+            );
         }
         assert_eq!(exp(-1000.0), 0.0);
     }

@@ -6,7 +6,10 @@ use mixtures::Mixture;
 /// A mixture with one source per task (all named after the task), one stage per entry of
 /// `stages`: (budget in examples, weights by task).
 pub fn mixture(seed: u64, stages: &[(u64, &[(&str, f64)])]) -> Mixture {
-    let mut names: Vec<&str> = stages.iter().flat_map(|(_, w)| w.iter().map(|(t, _)| *t)).collect();
+    let mut names: Vec<&str> = stages
+        .iter()
+        .flat_map(|(_, w)| w.iter().map(|(t, _)| *t))
+        .collect();
     names.sort();
     names.dedup();
     let mut toml = format!("seed = {seed}\n");
@@ -17,7 +20,10 @@ pub fn mixture(seed: u64, stages: &[(u64, &[(&str, f64)])]) -> Mixture {
         );
     }
     for (i, (budget, weights)) in stages.iter().enumerate() {
-        let weights: Vec<String> = weights.iter().map(|(t, w)| format!("{t} = {w:?}")).collect();
+        let weights: Vec<String> = weights
+            .iter()
+            .map(|(t, w)| format!("{t} = {w:?}"))
+            .collect();
         toml += &format!(
             "[[stages]]\nname = \"s{i}\"\nbatch_size = 1\nbudget = {{ examples = {budget} }}\nweights = {{ {} }}\n",
             weights.join(", ")

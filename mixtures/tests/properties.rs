@@ -9,8 +9,12 @@ use proptest::prelude::*;
 const NAMES: [&str; 8] = ["a", "b", "c", "d", "e", "f", "g", "h"];
 
 fn weights() -> impl Strategy<Value = Vec<(&'static str, f64)>> {
-    prop::collection::vec(0.001f64..1000.0, 1..=8)
-        .prop_map(|ws| ws.into_iter().enumerate().map(|(i, w)| (NAMES[i], w)).collect())
+    prop::collection::vec(0.001f64..1000.0, 1..=8).prop_map(|ws| {
+        ws.into_iter()
+            .enumerate()
+            .map(|(i, w)| (NAMES[i], w))
+            .collect()
+    })
 }
 
 /// Something a pipeline may do to a sampler.
@@ -132,6 +136,7 @@ proptest! {
 fn part() -> impl Strategy<Value = Part> {
     prop_oneof![
         "[ a-z{}:<>]{1,8}".prop_map(Part::Literal),
-        ("[a-z_]{1,6}", prop::option::of("[a-z]{1,4}")).prop_map(|(column, format)| Part::Field { column, format }),
+        ("[a-z_]{1,6}", prop::option::of("[a-z]{1,4}"))
+            .prop_map(|(column, format)| Part::Field { column, format }),
     ]
 }

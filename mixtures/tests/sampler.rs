@@ -51,7 +51,10 @@ fn proportions_hold_in_every_window_of_1000_and_100000() {
         let shares = shares(SKEWED);
         for window in [1_000, 100_000] {
             let worst = worst_deviation(&draws, &shares, window);
-            assert!(worst < 2.0, "seed {seed}, window {window}: off by {worst} examples");
+            assert!(
+                worst < 2.0,
+                "seed {seed}, window {window}: off by {worst} examples"
+            );
         }
     }
 }
@@ -61,10 +64,18 @@ fn a_one_percent_task_appears_every_hundred_examples() {
     let weights = [("main", 99.0), ("rare", 1.0)];
     let draws = tasks_of(Sampler::new(&mixture(3, &[(100_000, &weights)])).unwrap());
     let rare = 1; // "main" < "rare"
-    let at: Vec<usize> = draws.iter().enumerate().filter(|(_, t)| **t == rare).map(|(i, _)| i).collect();
+    let at: Vec<usize> = draws
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| **t == rare)
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(at.len(), 1000);
     assert!(at[0] < 100, "first rare example at {}", at[0]);
-    assert!(at.windows(2).all(|w| w[1] - w[0] == 100), "gaps are exactly 100");
+    assert!(
+        at.windows(2).all(|w| w[1] - w[0] == 100),
+        "gaps are exactly 100"
+    );
 }
 
 #[test]
@@ -74,7 +85,10 @@ fn same_spec_same_schedule_and_seed_reorders_ties() {
     assert_eq!(run(5), run(5));
     // Equal weights: each seed gives some order, and not every seed the same one.
     let firsts: Vec<Vec<usize>> = (0..8).map(|seed| run(seed)[..4].to_vec()).collect();
-    assert!(firsts.iter().any(|f| f != &firsts[0]), "jitter never changed the order: {firsts:?}");
+    assert!(
+        firsts.iter().any(|f| f != &firsts[0]),
+        "jitter never changed the order: {firsts:?}"
+    );
     for first in &firsts {
         let mut sorted = first.clone();
         sorted.sort();
@@ -96,13 +110,27 @@ type Named = (usize, String, u64, u32, u64);
 
 fn named(sampler: &Sampler, draws: impl IntoIterator<Item = mixtures::Draw>) -> Vec<Named> {
     let names = sampler.task_names();
-    draws.into_iter().map(|d| (d.stage, names[d.task].clone(), d.example, d.epoch, d.position)).collect()
+    draws
+        .into_iter()
+        .map(|d| {
+            (
+                d.stage,
+                names[d.task].clone(),
+                d.example,
+                d.epoch,
+                d.position,
+            )
+        })
+        .collect()
 }
 
 fn assert_same(got: &[Named], want: &[Named], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
-        panic!("{what}: first difference at {i}: {:?} vs {:?}", got[i], want[i]);
+        panic!(
+            "{what}: first difference at {i}: {:?} vs {:?}",
+            got[i], want[i]
+        );
     }
 }
 
@@ -119,7 +147,11 @@ fn check_resume(original: &Mixture, resumed_with: &Mixture, n: usize, m: usize) 
     let state: SamplerState = serde_json::from_str(&json).unwrap();
     let mut resumed = Sampler::restore(resumed_with, &state).unwrap();
     let tail = resumed.by_ref().take(m).collect::<Vec<_>>();
-    assert_same(&named(&resumed, tail), &full[n..], &format!("resumed after {n}"));
+    assert_same(
+        &named(&resumed, tail),
+        &full[n..],
+        &format!("resumed after {n}"),
+    );
 }
 
 #[test]
@@ -133,7 +165,10 @@ fn resume_continues_exactly() {
 #[test]
 fn resume_across_a_stage_boundary() {
     let later: &[(&str, f64)] = &[("caption", 1.0), ("detect", 3.0), ("ocr", 2.0)];
-    let m = mixture(2, &[(1_000, SKEWED), (2_000, later), (500, &[("rare", 1.0)])]);
+    let m = mixture(
+        2,
+        &[(1_000, SKEWED), (2_000, later), (500, &[("rare", 1.0)])],
+    );
     for n in [998, 999, 1_000, 1_001, 2_999, 3_000] {
         check_resume(&m, &m, n, 400);
     }
@@ -142,7 +177,11 @@ fn resume_across_a_stage_boundary() {
     assert!(draws[..1_000].iter().all(|d| d.stage == 0));
     assert!(draws[1_000..3_000].iter().all(|d| d.stage == 1));
     let rare = Sampler::new(&m).unwrap().task_id("rare").unwrap();
-    assert!(draws[3_000..].iter().all(|d| d.stage == 2 && d.task == rare));
+    assert!(
+        draws[3_000..]
+            .iter()
+            .all(|d| d.stage == 2 && d.task == rare)
+    );
 }
 
 #[test]
@@ -187,7 +226,11 @@ fn counters_track_examples_and_positions() {
     let draws: Vec<_> = s.by_ref().collect();
     for task in 0..2 {
         let mine: Vec<_> = draws.iter().filter(|d| d.task == task).collect();
-        assert!(mine.iter().enumerate().all(|(i, d)| d.example == i as u64 && d.position == i as u64));
+        assert!(
+            mine.iter()
+                .enumerate()
+                .all(|(i, d)| d.example == i as u64 && d.position == i as u64)
+        );
         assert_eq!(s.counters(task).examples, mine.len() as u64);
     }
     assert_eq!(s.counters(0).examples, 400);
@@ -228,12 +271,19 @@ fn a_spent_source_drops_out_and_the_rest_take_its_share() {
     assert_eq!(draws.len(), 1000);
     let a: Vec<_> = draws.iter().filter(|d| d.task == 0).collect();
     assert_eq!(a.len(), 60, "two passes of 30 rows");
-    assert_eq!((a[29].epoch, a[29].position, a[30].epoch, a[30].position), (0, 29, 1, 0));
+    assert_eq!(
+        (a[29].epoch, a[29].position, a[30].epoch, a[30].position),
+        (0, 29, 1, 0)
+    );
     // Up to a's last example both alternate; after it only b is drawn.
     let last_a = draws.iter().rposition(|d| d.task == 0).unwrap();
     assert!(last_a < 125, "a spent by {last_a}");
     assert_eq!(s.counters(0).epochs, 2);
-    assert_eq!(s.counters(1).epochs, 0, "b has no epoch length: passes end only when reported");
+    assert_eq!(
+        s.counters(1).epochs,
+        0,
+        "b has no epoch length: passes end only when reported"
+    );
 }
 
 #[test]
@@ -258,7 +308,11 @@ fn epoch_budget_ends_the_stage_after_n_passes() {
     s.set_epoch_len(0, 50);
     let draws: Vec<_> = s.by_ref().collect();
     assert_eq!(draws.iter().filter(|d| d.task == 0).count(), 150);
-    assert_eq!(draws.last().unwrap().task, 0, "the stage ends on a's last row");
+    assert_eq!(
+        draws.last().unwrap().task,
+        0,
+        "the stage ends on a's last row"
+    );
     assert!(s.is_finished());
 }
 
@@ -298,12 +352,24 @@ fn restore_rejects_states_that_do_not_fit() {
     let mut state = Sampler::new(&m).unwrap().state();
     let mut far = state.clone();
     far.stage = 3;
-    assert!(matches!(Sampler::restore(&m, &far), Err(SamplerError::StageOutOfRange { stage: 3, stages: 1 })));
+    assert!(matches!(
+        Sampler::restore(&m, &far),
+        Err(SamplerError::StageOutOfRange {
+            stage: 3,
+            stages: 1
+        })
+    ));
     state.credits.remove("b");
     let err = Sampler::restore(&m, &state).unwrap_err();
-    assert!(matches!(&err, SamplerError::StateMismatch { stage: 0, task } if task == "b"), "{err}");
+    assert!(
+        matches!(&err, SamplerError::StateMismatch { stage: 0, task } if task == "b"),
+        "{err}"
+    );
     let mut extra = Sampler::new(&m).unwrap().state();
     extra.credits.insert("zzz".into(), 0);
     let err = Sampler::restore(&m, &extra).unwrap_err();
-    assert_eq!(err.to_string(), "state holds credit for task \"zzz\", which stage 0 does not weight");
+    assert_eq!(
+        err.to_string(),
+        "state holds credit for task \"zzz\", which stage 0 does not weight"
+    );
 }

@@ -5,8 +5,12 @@ use std::path::{Path, PathBuf};
 use mixtures::{Budget, Mixture, Recipe, Sampler, Schedule, ValidationContext, Warmup};
 
 fn spec(name: &str) -> Mixture {
-    Mixture::from_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("specs").join(name))
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
+    Mixture::from_path(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("specs")
+            .join(name),
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn shipped() -> Vec<PathBuf> {
@@ -23,7 +27,14 @@ fn shipped() -> Vec<PathBuf> {
 /// The demo dataset's columns, as `paliforge demo-data` writes them.
 fn demo_columns(source: &str) -> Option<Vec<String>> {
     let columns: &[&str] = match source {
-        "scenes" => &["image", "caption", "question", "answer", "detect_label", "objects"],
+        "scenes" => &[
+            "image",
+            "caption",
+            "question",
+            "answer",
+            "detect_label",
+            "objects",
+        ],
         "pairs" => &["images", "question", "answer"],
         _ => return None,
     };
@@ -35,9 +46,17 @@ fn every_shipped_spec_parses_validates_and_round_trips_through_json() {
     let files = shipped();
     assert!(files.len() >= 3, "{files:?}");
     for path in files {
-        let mixture = Mixture::from_path(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        mixture.validate(&ValidationContext::new()).unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
-        assert_eq!(Mixture::from_json_str(&mixture.to_json()).unwrap(), mixture, "{}", path.display());
+        let mixture =
+            Mixture::from_path(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        mixture
+            .validate(&ValidationContext::new())
+            .unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
+        assert_eq!(
+            Mixture::from_json_str(&mixture.to_json()).unwrap(),
+            mixture,
+            "{}",
+            path.display()
+        );
         Sampler::new(&mixture).unwrap();
     }
 }
@@ -45,7 +64,9 @@ fn every_shipped_spec_parses_validates_and_round_trips_through_json() {
 #[test]
 fn quickstart_fits_the_demo_data_and_runs_its_three_stages() {
     let mixture = spec("quickstart.toml");
-    mixture.validate(&ValidationContext::new().with_columns(&demo_columns)).unwrap();
+    mixture
+        .validate(&ValidationContext::new().with_columns(&demo_columns))
+        .unwrap();
     assert_eq!(mixture.stages.len(), 3);
     assert!(mixture.stages[0].resolution() < mixture.stages[1].resolution());
     assert_eq!(mixture.images_per_example("compare"), 2);
@@ -55,9 +76,17 @@ fn quickstart_fits_the_demo_data_and_runs_its_three_stages() {
     let detect = sampler.task_id("detect").unwrap();
     let draws: Vec<_> = sampler.by_ref().collect();
     let per_stage = |stage| draws.iter().filter(|d| d.stage == stage).count();
-    assert_eq!([per_stage(0), per_stage(1), per_stage(2)], [8_192, 2_048, 1_024]);
+    assert_eq!(
+        [per_stage(0), per_stage(1), per_stage(2)],
+        [8_192, 2_048, 1_024]
+    );
     // Stage 2 is re-weighted toward detection: 3 of 6 parts instead of 2 of 10.
-    let detect_share = |stage| draws.iter().filter(|d| d.stage == stage && d.task == detect).count();
+    let detect_share = |stage| {
+        draws
+            .iter()
+            .filter(|d| d.stage == stage && d.task == detect)
+            .count()
+    };
     assert_eq!(detect_share(0), 8_192 / 5);
     assert_eq!(detect_share(1), 2_048 / 2);
     assert_eq!(mixture.stages[2].training().lr, 1e-5);
@@ -74,7 +103,14 @@ fn paligemma_stages_follow_the_paper() {
             Budget::Epochs { .. } => panic!("pretraining budgets are in examples"),
         })
         .collect();
-    assert_eq!(shape, [(224, 128, 1_000_000_000), (448, 512, 50_000_000), (896, 512, 10_000_000)]);
+    assert_eq!(
+        shape,
+        [
+            (224, 128, 1_000_000_000),
+            (448, 512, 50_000_000),
+            (896, 512, 10_000_000)
+        ]
+    );
     for stage in &mixture.stages {
         let training = stage.training();
         assert_eq!(training.schedule, Schedule::Rsqrt);
@@ -92,20 +128,34 @@ fn transfer_uses_the_papers_recipe() {
     assert_eq!(stage.resolution(), 224);
     assert!(matches!(&stage.budget, Budget::Epochs { epochs: 3, task } if task == "answer"));
     let training = stage.training();
-    assert_eq!(training, Recipe::Transfer.defaults(), "the spec spells out the defaults");
+    assert_eq!(
+        training,
+        Recipe::Transfer.defaults(),
+        "the spec spells out the defaults"
+    );
     assert_eq!(training.lr, 1e-5);
-    assert_eq!((training.label_smoothing, training.llm_dropout, training.weight_decay), (0.0, 0.0, 0.0));
+    assert_eq!(
+        (
+            training.label_smoothing,
+            training.llm_dropout,
+            training.weight_decay
+        ),
+        (0.0, 0.0, 0.0)
+    );
     assert!(!training.freeze_vit);
     assert_eq!(training.warmup, Warmup::Fraction(0.05));
 }
 
 #[test]
 fn the_readme_example_is_valid() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let start = readme.find("```toml\n").expect("a toml example") + "```toml\n".len();
     let example = &readme[start..start + readme[start..].find("```").unwrap()];
     let mixture = Mixture::from_toml_str(example).unwrap_or_else(|e| panic!("{e}"));
-    mixture.validate(&ValidationContext::new()).unwrap_or_else(|e| panic!("{e}"));
+    mixture
+        .validate(&ValidationContext::new())
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(mixture.stages.len(), 3);
     let mut sampler = Sampler::new(&mixture).unwrap();
     assert_eq!(sampler.by_ref().take(1000).count(), 1000);

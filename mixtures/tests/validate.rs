@@ -74,7 +74,9 @@ fn only_error(text: &str) -> String {
 
 /// 1-based line of the first occurrence of `needle`.
 fn line_of(text: &str, needle: &str) -> usize {
-    1 + text[..text.find(needle).expect(needle)].matches('\n').count()
+    1 + text[..text.find(needle).expect(needle)]
+        .matches('\n')
+        .count()
 }
 
 #[test]
@@ -84,11 +86,16 @@ fn the_base_spec_is_valid() {
 
 #[test]
 fn unknown_task_in_weights_suggests_the_closest_name() {
-    let text = edit("weights = { caption = 1, ocr_en = 3 }", "weights = { caption = 1,\n  ocr = 3 }");
+    let text = edit(
+        "weights = { caption = 1, ocr_en = 3 }",
+        "weights = { caption = 1,\n  ocr = 3 }",
+    );
     let line = line_of(&text, "ocr = 3");
     assert_eq!(
         only_error(&text),
-        format!("stages[1].weights.ocr (line {line}): no task named \"ocr\" (did you mean \"ocr_en\"?)")
+        format!(
+            "stages[1].weights.ocr (line {line}): no task named \"ocr\" (did you mean \"ocr_en\"?)"
+        )
     );
 }
 
@@ -98,7 +105,9 @@ fn unknown_source_suggests() {
     let line = line_of(&text, "source = \"doc\"");
     assert_eq!(
         only_error(&text),
-        format!("tasks.ocr_en.source (line {line}): no source named \"doc\" (did you mean \"docs\"?)")
+        format!(
+            "tasks.ocr_en.source (line {line}): no source named \"doc\" (did you mean \"docs\"?)"
+        )
     );
 }
 
@@ -118,16 +127,35 @@ fn template_naming_a_missing_column() {
 
 #[test]
 fn renames_image_columns_and_filters_must_name_real_columns() {
-    let text = edit("size = 1000", "size = 1000\ncolumns = { caption = \"alt_text\" }");
-    assert_eq!(only_error(&text).split(" (line").next().unwrap(), "sources.web.columns.caption");
-    let text = edit("size = 1000", "size = 1000\ncolumns = { cap = \"caption\" }")
-        .replace("suffix = \"{caption}\"", "suffix = \"{cap}\"");
+    let text = edit(
+        "size = 1000",
+        "size = 1000\ncolumns = { caption = \"alt_text\" }",
+    );
+    assert_eq!(
+        only_error(&text).split(" (line").next().unwrap(),
+        "sources.web.columns.caption"
+    );
+    let text = edit(
+        "size = 1000",
+        "size = 1000\ncolumns = { cap = \"caption\" }",
+    )
+    .replace("suffix = \"{caption}\"", "suffix = \"{cap}\"");
     assert_eq!(errors(&text), [], "a rename makes the new name available");
     let text = edit("image_columns = [\"page\"]", "image_columns = [\"pages\"]");
     assert!(only_error(&text).starts_with("sources.docs.image_columns[0] (line"));
-    assert!(only_error(&text).ends_with("source \"docs\" has no column \"pages\" (did you mean \"page\"?)"));
-    let text = edit("prefix = \"ocr\"", "prefix = \"ocr\"\nfilter = { column = \"splitt\", equals = \"train\" }");
-    assert!(only_error(&text).contains("tasks.ocr_en.filter.column"), "{}", only_error(&text));
+    assert!(
+        only_error(&text)
+            .ends_with("source \"docs\" has no column \"pages\" (did you mean \"page\"?)")
+    );
+    let text = edit(
+        "prefix = \"ocr\"",
+        "prefix = \"ocr\"\nfilter = { column = \"splitt\", equals = \"train\" }",
+    );
+    assert!(
+        only_error(&text).contains("tasks.ocr_en.filter.column"),
+        "{}",
+        only_error(&text)
+    );
 }
 
 #[test]
@@ -168,32 +196,58 @@ fn stages_need_unique_names() {
 fn a_mixture_needs_stages() {
     let head = &BASE[..BASE.find("[[stages]]").unwrap()];
     let text = format!("stages = []\n{head}");
-    assert_eq!(only_error(&text), "stages (line 1): a mixture needs at least one stage");
+    assert_eq!(
+        only_error(&text),
+        "stages (line 1): a mixture needs at least one stage"
+    );
 }
 
 #[test]
 fn weights_must_be_sensible() {
     let text = edit("weights = { caption = 1, ocr_en = 3 }", "weights = {}");
     let line = line_of(&text, "weights = {}");
-    assert_eq!(only_error(&text), format!("stages[1].weights (line {line}): the stage weights no task"));
-    let text = edit("weights = { caption = 1, ocr_en = 3 }", "weights = { caption = -1, ocr_en = 3 }");
+    assert_eq!(
+        only_error(&text),
+        format!("stages[1].weights (line {line}): the stage weights no task")
+    );
+    let text = edit(
+        "weights = { caption = 1, ocr_en = 3 }",
+        "weights = { caption = -1, ocr_en = 3 }",
+    );
     assert!(only_error(&text).starts_with("stages[1].weights.caption"));
     assert!(only_error(&text).ends_with("a weight must be a finite number >= 0, got -1"));
-    let text = edit("weights = { caption = 1, ocr_en = 3 }", "weights = { caption = 0, ocr_en = 0.0 }");
-    assert!(only_error(&text).ends_with("every weight is zero: the stage could never draw an example"));
+    let text = edit(
+        "weights = { caption = 1, ocr_en = 3 }",
+        "weights = { caption = 0, ocr_en = 0.0 }",
+    );
+    assert!(
+        only_error(&text).ends_with("every weight is zero: the stage could never draw an example")
+    );
     assert!(only_error(&text).starts_with("stages[1].weights (line"));
 }
 
 #[test]
 fn proportional_weights_need_sizes_and_a_positive_temperature() {
     let proportional = "weights = { proportional = { cap = 800, temperature = 2.0 } }";
-    assert_eq!(errors(&edit("weights = { caption = 1, ocr_en = 3 }", proportional)), []);
-    let text = edit("weights = { caption = 1, ocr_en = 3 }", proportional).replace("size = 500\n", "");
-    assert!(only_error(&text).ends_with("proportional weights need `size` (rows) of source \"docs\""));
-    let text = edit("weights = { caption = 1, ocr_en = 3 }", "weights = { proportional = { temperature = 0.0 } }");
+    assert_eq!(
+        errors(&edit("weights = { caption = 1, ocr_en = 3 }", proportional)),
+        []
+    );
+    let text =
+        edit("weights = { caption = 1, ocr_en = 3 }", proportional).replace("size = 500\n", "");
+    assert!(
+        only_error(&text).ends_with("proportional weights need `size` (rows) of source \"docs\"")
+    );
+    let text = edit(
+        "weights = { caption = 1, ocr_en = 3 }",
+        "weights = { proportional = { temperature = 0.0 } }",
+    );
     assert!(only_error(&text).contains("stages[1].weights.proportional.temperature"));
     assert!(only_error(&text).ends_with("must be in (0, ∞), got 0"));
-    let text = edit("weights = { caption = 1, ocr_en = 3 }", "weights = { proportional = { tasks = [\"captoin\"] } }");
+    let text = edit(
+        "weights = { caption = 1, ocr_en = 3 }",
+        "weights = { proportional = { tasks = [\"captoin\"] } }",
+    );
     assert!(only_error(&text).contains("stages[1].weights.proportional.tasks[0]"));
     assert!(only_error(&text).ends_with("no task named \"captoin\" (did you mean \"caption\"?)"));
 }
@@ -204,15 +258,32 @@ fn resolution_must_be_a_multiple_of_the_patch() {
     let line = line_of(&text, "resolution = 450");
     assert_eq!(
         only_error(&text),
-        format!("stages[1].resolution (line {line}): resolution 450 is not a multiple of the patch size 14")
+        format!(
+            "stages[1].resolution (line {line}): resolution 450 is not a multiple of the patch size 14"
+        )
     );
     // The patch size comes from the model: 224 and 448 suit /14 and /16, not /20.
-    assert_eq!(errors_with(BASE, &ValidationContext::new().with_patch_size(16)), []);
+    assert_eq!(
+        errors_with(BASE, &ValidationContext::new().with_patch_size(16)),
+        []
+    );
     let ctx = ValidationContext::new().with_patch_size(20);
-    let problems: Vec<Problem> = errors_with(BASE, &ctx).into_iter().map(|e| e.problem).collect();
+    let problems: Vec<Problem> = errors_with(BASE, &ctx)
+        .into_iter()
+        .map(|e| e.problem)
+        .collect();
     assert_eq!(
         problems,
-        [Problem::Resolution { resolution: 224, patch: 20 }, Problem::Resolution { resolution: 448, patch: 20 }]
+        [
+            Problem::Resolution {
+                resolution: 224,
+                patch: 20
+            },
+            Problem::Resolution {
+                resolution: 448,
+                patch: 20
+            }
+        ]
     );
 }
 
@@ -227,23 +298,47 @@ fn text_length_must_hold_the_prefix() {
             "stages[1].text_len (line {line}): text length 5 is too short for task \"caption\": bos + prefix (2 tokens) + separator + one suffix token + eos need 6"
         )
     );
-    assert_eq!(errors(&edit("resolution = 448", "resolution = 448\ntext_len = 6")), []);
+    assert_eq!(
+        errors(&edit("resolution = 448", "resolution = 448\ntext_len = 6")),
+        []
+    );
     // A real tokenizer (here: one token per byte) can make the prefix longer.
     let bytes = |s: &str| s.len();
     let ctx = ValidationContext::new().with_prefix_tokens(&bytes);
     let text = edit("resolution = 448", "resolution = 448\ntext_len = 12");
-    let problems: Vec<Problem> = errors_with(&text, &ctx).into_iter().map(|e| e.problem).collect();
-    assert_eq!(problems, [Problem::TextTooShort { task: "caption".into(), text_len: 12, prefix: 10, needed: 14 }]);
+    let problems: Vec<Problem> = errors_with(&text, &ctx)
+        .into_iter()
+        .map(|e| e.problem)
+        .collect();
+    assert_eq!(
+        problems,
+        [Problem::TextTooShort {
+            task: "caption".into(),
+            text_len: 12,
+            prefix: 10,
+            needed: 14
+        }]
+    );
     // A task's own cap is checked where it is set.
-    let text = edit("prefix = \"caption en\"", "prefix = \"caption en\"\nmax_text_len = 4");
-    assert!(only_error(&text).starts_with("tasks.caption.max_text_len"), "{}", only_error(&text));
+    let text = edit(
+        "prefix = \"caption en\"",
+        "prefix = \"caption en\"\nmax_text_len = 4",
+    );
+    assert!(
+        only_error(&text).starts_with("tasks.caption.max_text_len"),
+        "{}",
+        only_error(&text)
+    );
 }
 
 #[test]
 fn images_per_example_must_fit_the_cap() {
     let text = edit("resolution = 448", "resolution = 448\nmax_images = 1")
         .replace("prefix = \"ocr\"", "prefix = \"ocr\"\nimages = 2");
-    assert!(only_error(&text).ends_with("task \"ocr_en\" has 2 images per example, over this stage's cap of 1"));
+    assert!(
+        only_error(&text)
+            .ends_with("task \"ocr_en\" has 2 images per example, over this stage's cap of 1")
+    );
 }
 
 #[test]
@@ -252,22 +347,42 @@ fn impossible_budgets() {
     assert!(only_error(&text).starts_with("stages[1].budget.examples"));
     let text = edit("budget = { examples = 100 }", "budget = { examples = 5 }");
     assert!(only_error(&text).ends_with("a budget of 5 examples is less than one batch of 8"));
-    let text = edit("budget = { examples = 100 }", "budget = { epochs = 1, task = \"ocr\" }");
-    assert!(only_error(&text).ends_with("no task named \"ocr\" (did you mean \"ocr_en\"?)"));
-    let text = edit("budget = { examples = 100 }", "budget = { epochs = 3, task = \"ocr_en\" }");
-    assert!(only_error(&text).ends_with("the budget asks for 3 epochs but source \"docs\" allows only 2"));
-    let text = edit("weights = { caption = 1, ocr_en = 3 }", "weights = { ocr_en = 3 }")
-        .replace("budget = { examples = 100 }", "budget = { epochs = 1, task = \"caption\" }");
-    assert!(
-        only_error(&text).ends_with("the budget counts epochs of task \"caption\", which has no weight in this stage")
+    let text = edit(
+        "budget = { examples = 100 }",
+        "budget = { epochs = 1, task = \"ocr\" }",
     );
-    // docs allows 2 epochs of 500 rows: a stage drawing only from it cannot reach 1,500.
-    let text = edit("weights = { caption = 1, ocr_en = 3 }", "weights = { ocr_en = 3 }")
-        .replace("budget = { examples = 100 }", "budget = { examples = 1_500 }");
+    assert!(only_error(&text).ends_with("no task named \"ocr\" (did you mean \"ocr_en\"?)"));
+    let text = edit(
+        "budget = { examples = 100 }",
+        "budget = { epochs = 3, task = \"ocr_en\" }",
+    );
     assert!(
         only_error(&text)
-            .ends_with("the budget of 1500 examples exceeds the 1000 that the sources' epoch limits allow")
+            .ends_with("the budget asks for 3 epochs but source \"docs\" allows only 2")
     );
+    let text = edit(
+        "weights = { caption = 1, ocr_en = 3 }",
+        "weights = { ocr_en = 3 }",
+    )
+    .replace(
+        "budget = { examples = 100 }",
+        "budget = { epochs = 1, task = \"caption\" }",
+    );
+    assert!(only_error(&text).ends_with(
+        "the budget counts epochs of task \"caption\", which has no weight in this stage"
+    ));
+    // docs allows 2 epochs of 500 rows: a stage drawing only from it cannot reach 1,500.
+    let text = edit(
+        "weights = { caption = 1, ocr_en = 3 }",
+        "weights = { ocr_en = 3 }",
+    )
+    .replace(
+        "budget = { examples = 100 }",
+        "budget = { examples = 1_500 }",
+    );
+    assert!(only_error(&text).ends_with(
+        "the budget of 1500 examples exceeds the 1000 that the sources' epoch limits allow"
+    ));
 }
 
 #[test]
@@ -276,7 +391,10 @@ fn training_knobs_in_range() {
         "budget = { examples = 100 }",
         "budget = { examples = 100 }\ntrain = { lr = 0.0, label_smoothing = 1.0, llm_dropout = -0.1, warmup = { fraction = 1.5 } }",
     );
-    let messages: Vec<String> = errors(&text).iter().map(|e| format!("{}: {}", e.path, e.problem)).collect();
+    let messages: Vec<String> = errors(&text)
+        .iter()
+        .map(|e| format!("{}: {}", e.path, e.problem))
+        .collect();
     assert_eq!(
         messages,
         [
@@ -292,7 +410,10 @@ fn training_knobs_in_range() {
 fn every_error_is_collected_and_listed_one_per_line() {
     let text = edit("source = \"docs\"", "source = \"doc\"")
         .replace("resolution = 448", "resolution = 450")
-        .replace("weights = { caption = 1, ocr_en = 3 }", "weights = { caption = 1, ocr = 3 }");
+        .replace(
+            "weights = { caption = 1, ocr_en = 3 }",
+            "weights = { caption = 1, ocr = 3 }",
+        );
     let mixture = Mixture::from_toml_str(&text).unwrap();
     let errors = mixture.validate(&ValidationContext::new()).unwrap_err();
     assert_eq!(errors.len(), 3);
@@ -310,7 +431,10 @@ fn json_specs_validate_without_lines() {
     let json = Mixture::from_json_str(&mixture.to_json()).unwrap();
     assert_eq!(json, mixture);
     let errors = json.validate(&ValidationContext::new()).unwrap_err();
-    assert_eq!(errors.to_string(), "stages[1].resolution: resolution 450 is not a multiple of the patch size 14");
+    assert_eq!(
+        errors.to_string(),
+        "stages[1].resolution: resolution 450 is not a multiple of the patch size 14"
+    );
 }
 
 #[test]
@@ -318,7 +442,10 @@ fn parse_errors_name_the_line() {
     let text = edit("size = 1000", "size = 1000\nshards = 3");
     let line = line_of(&text, "shards");
     match Mixture::from_toml_str(&text).unwrap_err() {
-        SpecError::Toml { line: Some(l), message } => {
+        SpecError::Toml {
+            line: Some(l),
+            message,
+        } => {
             assert_eq!(l, line);
             assert!(message.starts_with("unknown field `shards`"), "{message}");
         }
@@ -326,14 +453,21 @@ fn parse_errors_name_the_line() {
     }
     let bad_budget = edit("budget = { examples = 100 }", "budget = { epochs = 2 }");
     let message = Mixture::from_toml_str(&bad_budget).unwrap_err().to_string();
-    assert!(message.contains("a budget in `epochs` needs `task`"), "{message}");
+    assert!(
+        message.contains("a budget in `epochs` needs `task`"),
+        "{message}"
+    );
     let mixed = edit(
         "weights = { caption = 1, ocr_en = 3 }",
         "weights = { caption = 1, proportional = { temperature = 2.0 } }",
     );
     let message = Mixture::from_toml_str(&mixed).unwrap_err().to_string();
-    assert!(message.contains("`proportional` cannot be mixed with per-task weights"), "{message}");
-    let json = r#"{"sources": {"a": {"data": "x"}, "a": {"data": "y"}}, "tasks": {}, "stages": []}"#;
+    assert!(
+        message.contains("`proportional` cannot be mixed with per-task weights"),
+        "{message}"
+    );
+    let json =
+        r#"{"sources": {"a": {"data": "x"}, "a": {"data": "y"}}, "tasks": {}, "stages": []}"#;
     let message = Mixture::from_json_str(json).unwrap_err().to_string();
     assert!(message.contains("duplicate name \"a\""), "{message}");
 }

@@ -39,9 +39,18 @@ pub fn allowed(batch: usize, len: usize, segment_ids: &[u16], causal: &[bool]) -
 }
 
 /// The additive form of `allowed` (`[batch, queries, keys]`).
-pub fn additive_mask(dev: &Dev, allowed: &[bool], batch: usize, queries: usize, keys: usize) -> Mask {
+pub fn additive_mask(
+    dev: &Dev,
+    allowed: &[bool],
+    batch: usize,
+    queries: usize,
+    keys: usize,
+) -> Mask {
     assert_eq!(allowed.len(), batch * queries * keys, "mask size");
-    let v = allowed.iter().map(|&a| if a { 0.0 } else { f32::MIN }).collect();
+    let v = allowed
+        .iter()
+        .map(|&a| if a { 0.0 } else { f32::MIN })
+        .collect();
     dev.tensor_from_vec(v, (batch, queries, keys))
 }
 
@@ -139,18 +148,33 @@ pub fn plain_attention<T: Tape<f32, Dev>>(
     h: Heads,
     mask: Option<&Mask>,
 ) -> Matrix<T> {
-    let Heads { batch: b, queries: lq, keys: lk, heads: nh, kv_heads: nkv, head_dim: hd } = h;
+    let Heads {
+        batch: b,
+        queries: lq,
+        keys: lk,
+        heads: nh,
+        kv_heads: nkv,
+        head_dim: hd,
+    } = h;
     let g = nh / nkv;
     // Query heads grouped by the key/value head they share: [b, nkv, g * lq, hd].
     let q = q
         .reshape_like(&(b, lq, nh, hd))
         .permute::<_, Axes4<0, 2, 1, 3>>()
         .reshape_like(&(b, nkv, g * lq, hd));
-    let kt = k.reshape_like(&(b, lk, nkv, hd)).permute::<_, Axes4<0, 2, 3, 1>>();
-    let v = v.reshape_like(&(b, lk, nkv, hd)).permute::<_, Axes4<0, 2, 1, 3>>();
+    let kt = k
+        .reshape_like(&(b, lk, nkv, hd))
+        .permute::<_, Axes4<0, 2, 3, 1>>();
+    let v = v
+        .reshape_like(&(b, lk, nkv, hd))
+        .permute::<_, Axes4<0, 2, 1, 3>>();
     let scores = q.matmul(kt).reshape_like(&(b, nh, lq, lk));
-    let probs = crate::fused::masked_softmax(scores, (hd as f32).powf(-0.5), mask)
-        .reshape_like(&(b, nkv, g * lq, lk));
+    let probs = crate::fused::masked_softmax(scores, (hd as f32).powf(-0.5), mask).reshape_like(&(
+        b,
+        nkv,
+        g * lq,
+        lk,
+    ));
     probs
         .matmul(v)
         .reshape_like(&(b, nh, lq, hd))
@@ -188,7 +212,11 @@ mod tests {
         let (c, s) = (r.cos.as_vec(), r.sin.as_vec());
         for t in 0..2 {
             for j in 0..hd {
-                let rot = if j < hd / 2 { -x[t * hd + j + hd / 2] } else { x[t * hd + j - hd / 2] };
+                let rot = if j < hd / 2 {
+                    -x[t * hd + j + hd / 2]
+                } else {
+                    x[t * hd + j - hd / 2]
+                };
                 let e = x[t * hd + j] * c[t * hd + j] + rot * s[t * hd + j];
                 assert!((y[t * hd + j] - e).abs() < 1e-6);
             }
@@ -218,8 +246,12 @@ mod tests {
         let dev = Dev::default();
         let (n, heads, hd) = (3, 2, 8);
         let r = Rope::new(&dev, &[1, 4, 9], hd, 10000.0);
-        let xv: Vec<f32> = (0..n * heads * hd).map(|i| (i as f32 * 0.61).cos()).collect();
-        let wv: Vec<f32> = (0..n * heads * hd).map(|i| (i as f32 * 0.23).sin() + 0.5).collect();
+        let xv: Vec<f32> = (0..n * heads * hd)
+            .map(|i| (i as f32 * 0.61).cos())
+            .collect();
+        let wv: Vec<f32> = (0..n * heads * hd)
+            .map(|i| (i as f32 * 0.23).sin() + 0.5)
+            .collect();
         let x = dev.tensor_from_vec(xv.clone(), (n, heads * hd));
         let w = dev.tensor_from_vec(wv.clone(), (n, heads * hd));
         // use x twice more so a wrong (assigning) backward would show
@@ -234,7 +266,11 @@ mod tests {
                     let i = (t * heads + h) * hd + j;
                     // rotate_half^T(u)[j] = u[j + half] for j < half, -u[j - half] otherwise
                     let u = |jj: usize| wv[(t * heads + h) * hd + jj] * s[t * hd + jj];
-                    let rt = if j < hd / 2 { u(j + hd / 2) } else { -u(j - hd / 2) };
+                    let rt = if j < hd / 2 {
+                        u(j + hd / 2)
+                    } else {
+                        -u(j - hd / 2)
+                    };
                     let e = wv[i] * c[t * hd + j] + rt + 1.0;
                     assert!((g[i] - e).abs() < 1e-5, "grad[{i}] = {} expected {e}", g[i]);
                 }
@@ -245,7 +281,14 @@ mod tests {
     #[test]
     fn grouped_query_attention_matches_a_scalar_loop() {
         let dev = Dev::default();
-        let h = Heads { batch: 2, queries: 3, keys: 4, heads: 4, kv_heads: 2, head_dim: 2 };
+        let h = Heads {
+            batch: 2,
+            queries: 3,
+            keys: 4,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 2,
+        };
         let f = |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin()).collect() };
         let (qv, kv, vv) = (f(2 * 3 * 8, 0.7), f(2 * 4 * 4, 1.3), f(2 * 4 * 4, 0.4));
         let allowed: Vec<bool> = (0..2 * 3 * 4).map(|i| i % 5 != 1).collect();
@@ -265,18 +308,30 @@ mod tests {
                     let mut s: Vec<f32> = (0..4)
                         .map(|j| {
                             let d: f32 = (0..2)
-                                .map(|d| qv[(b * 3 + i) * 8 + head * 2 + d] * kv[(b * 4 + j) * 4 + kvh * 2 + d])
+                                .map(|d| {
+                                    qv[(b * 3 + i) * 8 + head * 2 + d]
+                                        * kv[(b * 4 + j) * 4 + kvh * 2 + d]
+                                })
                                 .sum();
-                            if allowed[(b * 3 + i) * 4 + j] { d / 2f32.sqrt() } else { f32::NEG_INFINITY }
+                            if allowed[(b * 3 + i) * 4 + j] {
+                                d / 2f32.sqrt()
+                            } else {
+                                f32::NEG_INFINITY
+                            }
                         })
                         .collect();
                     let mx = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                     s.iter_mut().for_each(|x| *x = (*x - mx).exp());
                     let z: f32 = s.iter().sum();
                     for d in 0..2 {
-                        let e: f32 = (0..4).map(|j| s[j] / z * vv[(b * 4 + j) * 4 + kvh * 2 + d]).sum();
+                        let e: f32 = (0..4)
+                            .map(|j| s[j] / z * vv[(b * 4 + j) * 4 + kvh * 2 + d])
+                            .sum();
                         let got = out[(b * 3 + i) * 8 + head * 2 + d];
-                        assert!((got - e).abs() < 1e-5, "b{b} i{i} h{head} d{d}: {got} vs {e}");
+                        assert!(
+                            (got - e).abs() < 1e-5,
+                            "b{b} i{i} h{head} d{d}: {got} vs {e}"
+                        );
                     }
                 }
             }

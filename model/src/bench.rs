@@ -49,32 +49,59 @@ pub struct BenchReport {
 }
 
 /// A synthetic batch for `cfg`: `batch` rows of one image and `text_len` text tokens.
-pub fn synthetic_batch(cfg: &PaliGemmaConfig, batch: usize, text_len: usize, seed: u64) -> Result<ModelInput> {
+pub fn synthetic_batch(
+    cfg: &PaliGemmaConfig,
+    batch: usize,
+    text_len: usize,
+    seed: u64,
+) -> Result<ModelInput> {
     const PREFIX: usize = 24;
     if text_len < PREFIX + 2 {
-        return Err(ModelError::Input(format!("text_len {text_len} must be at least {}", PREFIX + 2)));
+        return Err(ModelError::Input(format!(
+            "text_len {text_len} must be at least {}",
+            PREFIX + 2
+        )));
     }
     let mut rng = StdRng::seed_from_u64(seed);
     let k = cfg.num_image_tokens();
     let len = k + text_len;
     let v = cfg.text.vocab_size as u32;
     let hi = v.clamp(4, 8000);
-    let mut input = ModelInput { batch, len, n_images: batch, ..Default::default() };
+    let mut input = ModelInput {
+        batch,
+        len,
+        n_images: batch,
+        ..Default::default()
+    };
     for r in 0..batch {
-        input.tokens.extend(std::iter::repeat_n(cfg.image_token_id, k));
+        input
+            .tokens
+            .extend(std::iter::repeat_n(cfg.image_token_id, k));
         input.tokens.push(cfg.bos_token_id);
-        input.tokens.extend((0..PREFIX - 2).map(|_| rng.gen_range(3..hi)));
+        input
+            .tokens
+            .extend((0..PREFIX - 2).map(|_| rng.gen_range(3..hi)));
         input.tokens.push(108.min(v - 1));
-        input.tokens.extend((0..text_len - PREFIX - 1).map(|_| rng.gen_range(3..hi)));
+        input
+            .tokens
+            .extend((0..text_len - PREFIX - 1).map(|_| rng.gen_range(3..hi)));
         input.tokens.push(cfg.eos_token_id);
         input.image_slots.push((r, 0));
         input.segment_ids.extend(std::iter::repeat_n(1, len));
         input.positions.extend(0..len as u32);
         input.causal.extend((0..len).map(|i| i >= k + PREFIX));
-        input.loss_weights.extend((0..len).map(|i| if i + 1 >= k + PREFIX && i + 1 < len { 1.0 } else { 0.0 }));
+        input.loss_weights.extend((0..len).map(|i| {
+            if i + 1 >= k + PREFIX && i + 1 < len {
+                1.0
+            } else {
+                0.0
+            }
+        }));
     }
     let r = cfg.vision.image_size;
-    input.pixels = (0..batch * cfg.vision.num_channels * r * r).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    input.pixels = (0..batch * cfg.vision.num_channels * r * r)
+        .map(|_| rng.gen_range(-1.0f32..1.0))
+        .collect();
     input.validate(cfg)?;
     Ok(input)
 }
@@ -95,10 +122,16 @@ pub fn train_flops(cfg: &PaliGemmaConfig, batch: usize, seq_len: usize) -> f64 {
     let n = cfg.num_image_tokens() as f64;
     let (vd, vm) = (v.hidden_size as f64, v.intermediate_size as f64);
     let vis_layer = 2.0 * n * (4.0 * vd * vd + 2.0 * vd * vm) + 4.0 * n * n * vd;
-    let vis = v.num_hidden_layers as f64 * vis_layer + 2.0 * n * (v.patch_dim() as f64 * vd + vd * t.hidden_size as f64);
+    let vis = v.num_hidden_layers as f64 * vis_layer
+        + 2.0 * n * (v.patch_dim() as f64 * vd + vd * t.hidden_size as f64);
     let (d, hd, l) = (t.hidden_size as f64, t.head_dim as f64, seq_len as f64);
-    let (nh, nkv, m) = (t.num_attention_heads as f64, t.num_key_value_heads as f64, t.intermediate_size as f64);
-    let txt_layer = 2.0 * l * (d * hd * (2.0 * nh + 2.0 * nkv) + 3.0 * d * m) + 4.0 * l * l * nh * hd;
+    let (nh, nkv, m) = (
+        t.num_attention_heads as f64,
+        t.num_key_value_heads as f64,
+        t.intermediate_size as f64,
+    );
+    let txt_layer =
+        2.0 * l * (d * hd * (2.0 * nh + 2.0 * nkv) + 3.0 * d * m) + 4.0 * l * l * nh * hd;
     let txt = t.num_hidden_layers as f64 * txt_layer;
     3.0 * batch as f64 * (vis + txt)
 }
@@ -110,21 +143,36 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Times `steps` inference forwards and `steps` training steps (after 2 warm-up steps) of a
 /// random `cfg` model on a synthetic batch.
-pub fn bench(cfg: &PaliGemmaConfig, batch: usize, text_len: usize, steps: usize) -> Result<BenchReport> {
+pub fn bench(
+    cfg: &PaliGemmaConfig,
+    batch: usize,
+    text_len: usize,
+    steps: usize,
+) -> Result<BenchReport> {
     bench_with(cfg, batch, text_len, steps, true)
 }
 
 /// [`bench`], optionally without the optimiser (forward + backward only: no AdamW moments,
 /// for the largest models on one GPU).
-pub fn bench_with(cfg: &PaliGemmaConfig, batch: usize, text_len: usize, steps: usize, optimizer: bool) -> Result<BenchReport> {
+pub fn bench_with(
+    cfg: &PaliGemmaConfig,
+    batch: usize,
+    text_len: usize,
+    steps: usize,
+    optimizer: bool,
+) -> Result<BenchReport> {
     crate::tune_malloc();
     let dev = device();
     let mut model = PaliGemma::new(cfg, &dev, 0)?;
     let input = synthetic_batch(cfg, batch, text_len, 0)?;
     let opts = LossOptions::default();
-    let mut opt = AdamW::new(AdamWConfig { lr: 1e-4, ..Default::default() });
+    let mut opt = AdamW::new(AdamWConfig {
+        lr: 1e-4,
+        ..Default::default()
+    });
     let steps = steps.max(1);
-    let (mut fwd, mut step, mut tf, mut bw, mut up, mut cpu) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut fwd, mut step, mut tf, mut bw, mut up, mut cpu) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut first, mut last) = (None, 0.0);
     for i in 0..steps + 2 {
         let c0 = cpu_ms();
@@ -147,7 +195,12 @@ pub fn bench_with(cfg: &PaliGemmaConfig, batch: usize, text_len: usize, steps: u
         let t4 = Instant::now();
         let _ = model.loss::<NoneTape>(&input, &opts).array();
         let t5 = Instant::now();
-        tracing::debug!(step = i, loss = value, ms = (t3 - t0).as_secs_f64() * 1e3, "bench step");
+        tracing::debug!(
+            step = i,
+            loss = value,
+            ms = (t3 - t0).as_secs_f64() * 1e3,
+            "bench step"
+        );
         if i >= 2 {
             let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
             tf.push(ms(t0, t1));

@@ -17,11 +17,11 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{Value, json};
 
+use crate::Dev;
 use crate::config::PaliGemmaConfig;
 use crate::error::{ModelError, Result};
 use crate::layers::{ParamMut, Params};
 use crate::paligemma::PaliGemma;
-use crate::Dev;
 
 /// File of an unsharded checkpoint.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -44,7 +44,9 @@ pub enum NameLayout {
 pub fn canonical_name(name: &str) -> Option<String> {
     let mut n = name;
     if let Some(rest) = n.strip_prefix("model.")
-        && ["vision_tower.", "language_model.", "multi_modal_projector."].iter().any(|p| rest.starts_with(p))
+        && ["vision_tower.", "language_model.", "multi_modal_projector."]
+            .iter()
+            .any(|p| rest.starts_with(p))
     {
         n = rest;
     }
@@ -90,7 +92,10 @@ fn map_file(path: &Path) -> Result<Mapped> {
     // SAFETY: the file is opened read-only; like every mmap-based loader we rely on nobody
     // truncating it while it is mapped.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-    Ok(Mapped { path: path.to_owned(), mmap })
+    Ok(Mapped {
+        path: path.to_owned(),
+        mmap,
+    })
 }
 
 /// The safetensors files of a checkpoint: `path` itself if it is a file, else the shards named
@@ -102,11 +107,17 @@ pub fn weight_files(path: &Path) -> Result<Vec<PathBuf>> {
     let index = path.join(INDEX_FILE);
     if index.is_file() {
         let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: index.clone(), source: e })?;
-        let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| ModelError::Safetensors {
+        let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
             path: index.clone(),
-            message: "no `weight_map` object".into(),
+            source: e,
         })?;
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| ModelError::Safetensors {
+                path: index.clone(),
+                message: "no `weight_map` object".into(),
+            })?;
         let mut files: Vec<PathBuf> = map
             .values()
             .filter_map(Value::as_str)
@@ -122,13 +133,19 @@ pub fn weight_files(path: &Path) -> Result<Vec<PathBuf>> {
     }
     Err(ModelError::io(
         &single,
-        std::io::Error::new(std::io::ErrorKind::NotFound, format!("no {WEIGHTS_FILE} or {INDEX_FILE}")),
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no {WEIGHTS_FILE} or {INDEX_FILE}"),
+        ),
     ))
 }
 
 fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {
-        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         Dtype::BF16 => bytes
             .chunks_exact(2)
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -142,21 +159,32 @@ fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
             .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
             .collect(),
         other => {
-            return Err(ModelError::UnsupportedDtype { name: name.to_string(), dtype: format!("{other:?}") });
+            return Err(ModelError::UnsupportedDtype {
+                name: name.to_string(),
+                dtype: format!("{other:?}"),
+            });
         }
     })
 }
 
 /// Where every tensor of a checkpoint is: canonical name -> (file index, stored name).
-fn index_tensors(files: &[Mapped], rename: &dyn Fn(&str) -> Option<String>) -> Result<HashMap<String, (usize, String)>> {
+fn index_tensors(
+    files: &[Mapped],
+    rename: &dyn Fn(&str) -> Option<String>,
+) -> Result<HashMap<String, (usize, String)>> {
     let mut out = HashMap::new();
     for (fi, f) in files.iter().enumerate() {
-        let st = SafeTensors::deserialize(&f.mmap)
-            .map_err(|e| ModelError::Safetensors { path: f.path.clone(), message: e.to_string() })?;
+        let st = SafeTensors::deserialize(&f.mmap).map_err(|e| ModelError::Safetensors {
+            path: f.path.clone(),
+            message: e.to_string(),
+        })?;
         for name in st.names() {
             let Some(c) = rename(name) else { continue };
             if out.insert(c.clone(), (fi, name.clone())).is_some() {
-                return Err(ModelError::UnexpectedTensor { name: format!("{name} (duplicate of {c})"), path: f.path.clone() });
+                return Err(ModelError::UnexpectedTensor {
+                    name: format!("{name} (duplicate of {c})"),
+                    path: f.path.clone(),
+                });
             }
         }
     }
@@ -182,7 +210,11 @@ const EMBED: &str = "language_model.model.embed_tokens.weight";
 /// Overwrites every parameter of `model` from the checkpoint at `path` (file or folder).
 /// With `resize_position_embedding`, a position embedding stored for another resolution is
 /// resampled (bilinear) to the model's grid.
-pub fn load_weights_with(model: &mut PaliGemma, path: &Path, resize_position_embedding: bool) -> Result<()> {
+pub fn load_weights_with(
+    model: &mut PaliGemma,
+    path: &Path,
+    resize_position_embedding: bool,
+) -> Result<()> {
     let plan = LoadPlan {
         rename: &canonical_name,
         optional: &|_| false,
@@ -198,13 +230,18 @@ pub fn load_weights(model: &mut PaliGemma, path: &Path) -> Result<()> {
 }
 
 pub(crate) fn load_planned(model: &mut PaliGemma, path: &Path, plan: &LoadPlan) -> Result<()> {
-    let files: Vec<Mapped> = weight_files(path)?.iter().map(|p| map_file(p)).collect::<Result<_>>()?;
+    let files: Vec<Mapped> = weight_files(path)?
+        .iter()
+        .map(|p| map_file(p))
+        .collect::<Result<_>>()?;
     let index = index_tensors(&files, plan.rename)?;
     let parsed: Vec<SafeTensors> = files
         .iter()
         .map(|f| {
-            SafeTensors::deserialize(&f.mmap)
-                .map_err(|e| ModelError::Safetensors { path: f.path.clone(), message: e.to_string() })
+            SafeTensors::deserialize(&f.mmap).map_err(|e| ModelError::Safetensors {
+                path: f.path.clone(),
+                message: e.to_string(),
+            })
         })
         .collect::<Result<_>>()?;
     let cfg = model.cfg.clone();
@@ -219,26 +256,47 @@ pub(crate) fn load_planned(model: &mut PaliGemma, path: &Path, plan: &LoadPlan) 
                 if (plan.optional)(name) {
                     return Ok(());
                 }
-                return Err(ModelError::MissingTensor { name: name.to_string() });
+                return Err(ModelError::MissingTensor {
+                    name: name.to_string(),
+                });
             };
-            let view = parsed[*fi].tensor(stored).map_err(|e| ModelError::Safetensors {
-                path: files[*fi].path.clone(),
-                message: format!("{stored}: {e}"),
-            })?;
+            let view = parsed[*fi]
+                .tensor(stored)
+                .map_err(|e| ModelError::Safetensors {
+                    path: files[*fi].path.clone(),
+                    message: format!("{stored}: {e}"),
+                })?;
             let expected = hf_shape(&cfg, name, &p.shape());
             let found = view.shape().to_vec();
             let data = to_f32(stored, view.dtype(), view.data())?;
-            let mismatch = || ModelError::ShapeMismatch { name: stored.clone(), expected: expected.clone(), found: found.clone() };
+            let mismatch = || ModelError::ShapeMismatch {
+                name: stored.clone(),
+                expected: expected.clone(),
+                found: found.clone(),
+            };
             if found == expected {
                 p.copy_from(&data);
-            } else if name == POS_EMB && plan.resize_position_embedding && found.len() == 2 && found[1] == expected[1] {
+            } else if name == POS_EMB
+                && plan.resize_position_embedding
+                && found.len() == 2
+                && found[1] == expected[1]
+            {
                 let from = (found[0] as f64).sqrt().round() as usize;
                 if from * from != found[0] {
                     return Err(mismatch());
                 }
-                tracing::info!(from, to = cfg.vision.grid(), "resampling the position embedding grid");
+                tracing::info!(
+                    from,
+                    to = cfg.vision.grid(),
+                    "resampling the position embedding grid"
+                );
                 p.copy_from(&resize_grid(&data, from, cfg.vision.grid(), expected[1]));
-            } else if name == EMBED && plan.partial_embedding && found.len() == 2 && found[1] == expected[1] && found[0] <= expected[0] {
+            } else if name == EMBED
+                && plan.partial_embedding
+                && found.len() == 2
+                && found[1] == expected[1]
+                && found[0] <= expected[0]
+            {
                 let mut cur = match &p {
                     ParamMut::Matrix(t) => t.as_vec(),
                     ParamMut::Vector(t) => t.as_vec(),
@@ -253,8 +311,15 @@ pub(crate) fn load_planned(model: &mut PaliGemma, path: &Path, plan: &LoadPlan) 
         })();
     });
     result?;
-    if let Some((_, (fi, stored))) = index.iter().filter(|(c, _)| !seen.contains(*c)).min_by_key(|(c, _)| c.as_str()) {
-        return Err(ModelError::UnexpectedTensor { name: stored.clone(), path: files[*fi].path.clone() });
+    if let Some((_, (fi, stored))) = index
+        .iter()
+        .filter(|(c, _)| !seen.contains(*c))
+        .min_by_key(|(c, _)| c.as_str())
+    {
+        return Err(ModelError::UnexpectedTensor {
+            name: stored.clone(),
+            path: files[*fi].path.clone(),
+        });
     }
     tracing::info!(path = %path.display(), tensors = seen.len(), "loaded weights");
     Ok(())
@@ -276,7 +341,8 @@ pub fn resize_grid(data: &[f32], from: usize, to: usize, dim: usize) -> Vec<f32>
         for x in 0..to {
             let (x0, x1, fx) = coord(x);
             let o = &mut out[(y * to + x) * dim..(y * to + x + 1) * dim];
-            let at = |yy: usize, xx: usize| &data[(yy * from + xx) * dim..(yy * from + xx + 1) * dim];
+            let at =
+                |yy: usize, xx: usize| &data[(yy * from + xx) * dim..(yy * from + xx + 1) * dim];
             let (a, b, c, d) = (at(y0, x0), at(y0, x1), at(y1, x0), at(y1, x1));
             for k in 0..dim {
                 let top = a[k] * (1.0 - fx) + b[k] * fx;
@@ -316,7 +382,10 @@ pub struct SaveOptions {
 
 impl Default for SaveOptions {
     fn default() -> Self {
-        SaveOptions { layout: NameLayout::Transformers5, max_shard_bytes: None }
+        SaveOptions {
+            layout: NameLayout::Transformers5,
+            max_shard_bytes: None,
+        }
     }
 }
 
@@ -337,7 +406,10 @@ fn write_safetensors(
     let mut offset = 0usize;
     for (name, shape) in tensors {
         let bytes = shape.iter().product::<usize>() * 4;
-        header.insert(name.clone(), json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}));
+        header.insert(
+            name.clone(),
+            json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
         offset += bytes;
     }
     let mut h = serde_json::to_vec(&Value::Object(header)).expect("json");
@@ -358,7 +430,10 @@ fn write_safetensors(
         }
         w.write_all(&buf).map_err(io)?;
     }
-    w.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
+    w.into_inner()
+        .map_err(|e| io(e.into_error()))?
+        .sync_all()
+        .map_err(io)?;
     std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
 }
 
@@ -369,7 +444,12 @@ pub fn save(model: &PaliGemma, dir: &Path, opts: &SaveOptions) -> Result<()> {
     let params = model.named_params();
     let entries: Vec<(String, Vec<usize>)> = params
         .iter()
-        .map(|(n, p)| (layout_name(n, opts.layout), hf_shape(&model.cfg, n, &p.shape())))
+        .map(|(n, p)| {
+            (
+                layout_name(n, opts.layout),
+                hf_shape(&model.cfg, n, &p.shape()),
+            )
+        })
         .collect();
     let size = |s: &Vec<usize>| s.iter().product::<usize>() * 4;
     let mut shards: Vec<Vec<usize>> = vec![vec![]];
@@ -404,7 +484,8 @@ pub fn save(model: &PaliGemma, dir: &Path, opts: &SaveOptions) -> Result<()> {
         let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
         let path = dir.join(INDEX_FILE);
         let tmp = tmp_name(&path);
-        std::fs::write(&tmp, serde_json::to_string_pretty(&index).expect("json")).map_err(|e| ModelError::io(&tmp, e))?;
+        std::fs::write(&tmp, serde_json::to_string_pretty(&index).expect("json"))
+            .map_err(|e| ModelError::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| ModelError::io(&path, e))?;
     }
     model.cfg.save(&dir.join(CONFIG_FILE))?;
@@ -422,7 +503,9 @@ mod tests {
         let g: Vec<f32> = (0..4 * 4 * dim).map(|i| i as f32).collect();
         assert_eq!(resize_grid(&g, 4, 4, dim), g);
         // a linear ramp stays a ramp (away from the clamped border) when upsampled 2x
-        let ramp: Vec<f32> = (0..16).flat_map(|i| [(i % 4) as f32, (i / 4) as f32]).collect();
+        let ramp: Vec<f32> = (0..16)
+            .flat_map(|i| [(i % 4) as f32, (i / 4) as f32])
+            .collect();
         let up = resize_grid(&ramp, 4, 8, 2);
         // output x = 3 maps to input (3.5 * 4 / 8 - 0.5) = 1.25
         assert!((up[(2 * 8 + 3) * 2] - 1.25).abs() < 1e-6);
@@ -435,12 +518,30 @@ mod tests {
     #[test]
     fn names_from_every_layout_map_to_one() {
         for (stored, want) in [
-            ("vision_tower.vision_model.embeddings.patch_embedding.weight", Some("vision_tower.embeddings.patch_embedding.weight")),
-            ("vision_tower.encoder.layers.0.mlp.fc1.bias", Some("vision_tower.encoder.layers.0.mlp.fc1.bias")),
-            ("model.vision_tower.vision_model.post_layernorm.weight", Some("vision_tower.post_layernorm.weight")),
-            ("model.language_model.layers.1.mlp.up_proj.weight", Some("language_model.model.layers.1.mlp.up_proj.weight")),
-            ("language_model.model.norm.weight", Some("language_model.model.norm.weight")),
-            ("model.multi_modal_projector.linear.bias", Some("multi_modal_projector.linear.bias")),
+            (
+                "vision_tower.vision_model.embeddings.patch_embedding.weight",
+                Some("vision_tower.embeddings.patch_embedding.weight"),
+            ),
+            (
+                "vision_tower.encoder.layers.0.mlp.fc1.bias",
+                Some("vision_tower.encoder.layers.0.mlp.fc1.bias"),
+            ),
+            (
+                "model.vision_tower.vision_model.post_layernorm.weight",
+                Some("vision_tower.post_layernorm.weight"),
+            ),
+            (
+                "model.language_model.layers.1.mlp.up_proj.weight",
+                Some("language_model.model.layers.1.mlp.up_proj.weight"),
+            ),
+            (
+                "language_model.model.norm.weight",
+                Some("language_model.model.norm.weight"),
+            ),
+            (
+                "model.multi_modal_projector.linear.bias",
+                Some("multi_modal_projector.linear.bias"),
+            ),
             ("lm_head.weight", None),
             ("language_model.lm_head.weight", None),
         ] {

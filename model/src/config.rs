@@ -75,8 +75,13 @@ pub struct PaliGemmaConfig {
 }
 
 /// Names accepted by [`PaliGemmaConfig::preset`].
-pub const PRESETS: &[&str] =
-    &["tiny", "small", "paligemma-3b-pt-224", "paligemma-3b-pt-448", "paligemma-3b-pt-896"];
+pub const PRESETS: &[&str] = &[
+    "tiny",
+    "small",
+    "paligemma-3b-pt-224",
+    "paligemma-3b-pt-448",
+    "paligemma-3b-pt-896",
+];
 
 impl PaliGemmaConfig {
     /// The oracle fixture's model: 127,776 parameters (`tests/fixtures/paligemma-tiny`).
@@ -221,7 +226,10 @@ impl PaliGemmaConfig {
             ));
         }
         if t.head_dim % 2 != 0 {
-            return err(format!("text head_dim {} must be even for RoPE", t.head_dim));
+            return err(format!(
+                "text head_dim {} must be even for RoPE",
+                t.head_dim
+            ));
         }
         for (name, id) in [
             ("pad_token_id", self.pad_token_id),
@@ -229,7 +237,10 @@ impl PaliGemmaConfig {
             ("eos_token_id", self.eos_token_id),
         ] {
             if id as usize >= t.vocab_size {
-                return err(format!("{name} {id} is outside the vocabulary ({})", t.vocab_size));
+                return err(format!(
+                    "{name} {id} is outside the vocabulary ({})",
+                    t.vocab_size
+                ));
             }
         }
         Ok(())
@@ -242,7 +253,10 @@ impl PaliGemmaConfig {
         let base = Self::paligemma_3b(224);
         let num = |o: &Value, k: &str, d: f64| o.get(k).and_then(Value::as_f64).unwrap_or(d);
         let int = |o: &Value, k: &str, d: usize| {
-            o.get(k).and_then(Value::as_u64).map(|x| x as usize).unwrap_or(d)
+            o.get(k)
+                .and_then(Value::as_u64)
+                .map(|x| x as usize)
+                .unwrap_or(d)
         };
         let act_ok = |o: &Value, which: &str| -> Result<()> {
             let act = o
@@ -260,7 +274,9 @@ impl PaliGemmaConfig {
         act_ok(tc, "text_config")?;
         act_ok(vc, "vision_config")?;
         if vc.get("vision_use_head").and_then(Value::as_bool) == Some(true) {
-            return Err(ModelError::Config("vision_use_head=true is not supported".into()));
+            return Err(ModelError::Config(
+                "vision_use_head=true is not supported".into(),
+            ));
         }
         if tc.get("tie_word_embeddings").and_then(Value::as_bool) == Some(false)
             || v.get("tie_word_embeddings").and_then(Value::as_bool) == Some(false)
@@ -390,8 +406,10 @@ impl PaliGemmaConfig {
     /// Reads `config.json` (transformers' format).
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Json { path: path.to_owned(), source: e })?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+            path: path.to_owned(),
+            source: e,
+        })?;
         Self::from_hf_json(&v).map_err(|e| match e {
             ModelError::Config(m) => ModelError::Config(format!("{}: {m}", path.display())),
             e => e,
@@ -441,12 +459,16 @@ mod tests {
             "vocab_size": 257216}"#,
         )
         .unwrap();
-        assert_eq!(PaliGemmaConfig::from_hf_json(&v).unwrap(), PaliGemmaConfig::paligemma_3b(224));
+        assert_eq!(
+            PaliGemmaConfig::from_hf_json(&v).unwrap(),
+            PaliGemmaConfig::paligemma_3b(224)
+        );
     }
 
     #[test]
     fn reads_the_fixture_config() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/paligemma-tiny/config.json");
+        let p =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/paligemma-tiny/config.json");
         assert_eq!(PaliGemmaConfig::load(&p).unwrap(), PaliGemmaConfig::tiny());
     }
 }

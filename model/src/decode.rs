@@ -7,13 +7,13 @@
 
 use dfdx::prelude::*;
 
+use crate::Matrix;
 use crate::attention::{Rope, additive_mask, allowed};
 use crate::config::PaliGemmaConfig;
 use crate::error::{ModelError, Result};
 use crate::gemma::KvCache;
 use crate::input::ModelInput;
 use crate::paligemma::PaliGemma;
-use crate::Matrix;
 
 /// One prompt: tokens as the processor builds them (`<image>` x K per image, `<bos>`, prefix,
 /// `"\n"`) and its images `[n_images, 3, R, R]`.
@@ -27,10 +27,19 @@ pub struct Prompt {
 impl Prompt {
     /// The prompt transformers' PaliGemmaProcessor builds: `<image>` x num_image_tokens for each
     /// image, then `text` (which must hold `<bos>`, the prompt's tokens and `"\n"`).
-    pub fn with_images(cfg: &PaliGemmaConfig, text: &[u32], n_images: usize, pixels: Vec<f32>) -> Self {
+    pub fn with_images(
+        cfg: &PaliGemmaConfig,
+        text: &[u32],
+        n_images: usize,
+        pixels: Vec<f32>,
+    ) -> Self {
         let mut tokens = vec![cfg.image_token_id; n_images * cfg.num_image_tokens()];
         tokens.extend_from_slice(text);
-        Prompt { tokens, n_images, pixels }
+        Prompt {
+            tokens,
+            n_images,
+            pixels,
+        }
     }
 }
 
@@ -46,7 +55,11 @@ pub struct DecodeOptions {
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        DecodeOptions { max_new_tokens: 32, stop_at_eos: true, keep_logits: false }
+        DecodeOptions {
+            max_new_tokens: 32,
+            stop_at_eos: true,
+            keep_logits: false,
+        }
     }
 }
 
@@ -61,7 +74,11 @@ pub struct BeamOptions {
 
 impl Default for BeamOptions {
     fn default() -> Self {
-        BeamOptions { beams: 4, length_penalty: 1.0, decode: DecodeOptions::default() }
+        BeamOptions {
+            beams: 4,
+            length_penalty: 1.0,
+            decode: DecodeOptions::default(),
+        }
     }
 }
 
@@ -96,12 +113,22 @@ impl<'a> Session<'a> {
             return Err(ModelError::Input("no prompt tokens".into()));
         }
         let k = cfg.num_image_tokens();
-        let mut input = ModelInput { batch: b, len, ..Default::default() };
+        let mut input = ModelInput {
+            batch: b,
+            len,
+            ..Default::default()
+        };
         for (r, p) in prompts.iter().enumerate() {
             let pad = len - p.tokens.len();
-            input.tokens.extend(std::iter::repeat_n(cfg.pad_token_id, pad).chain(p.tokens.iter().copied()));
-            input.segment_ids.extend((0..len).map(|i| (i >= pad) as u16));
-            input.positions.extend((0..len).map(|i| if i >= pad { (i - pad + 1) as u32 } else { 0 }));
+            input
+                .tokens
+                .extend(std::iter::repeat_n(cfg.pad_token_id, pad).chain(p.tokens.iter().copied()));
+            input
+                .segment_ids
+                .extend((0..len).map(|i| (i >= pad) as u16));
+            input
+                .positions
+                .extend((0..len).map(|i| if i >= pad { (i - pad + 1) as u32 } else { 0 }));
             let mut t = 0;
             let mut found = 0;
             while t < p.tokens.len() {
@@ -127,16 +154,39 @@ impl<'a> Session<'a> {
         input.validate(cfg)?;
         let dev = &model.dev;
         let x = model.input_embeddings::<NoneTape>(&input);
-        let mask = additive_mask(dev, &allowed(b, len, &input.segment_ids, &input.causal), b, len, len);
-        let rope = Rope::new(dev, &input.positions, cfg.text.head_dim, cfg.text.rope_theta);
+        let mask = additive_mask(
+            dev,
+            &allowed(b, len, &input.segment_ids, &input.causal),
+            b,
+            len,
+            len,
+        );
+        let rope = Rope::new(
+            dev,
+            &input.positions,
+            cfg.text.head_dim,
+            cfg.text.rope_theta,
+        );
         let mut cache = KvCache::default();
-        let h = model.language_model.forward(x, b, &rope, &mask, Some(&mut cache));
+        let h = model
+            .language_model
+            .forward(x, b, &rope, &mask, Some(&mut cache));
         let last: Vec<usize> = (0..b).map(|r| r * len + len - 1).collect();
-        let logits = model.language_model.lm_head(h.gather(dev.tensor_from_vec(last, (b,)))).as_vec();
+        let logits = model
+            .language_model
+            .lm_head(h.gather(dev.tensor_from_vec(last, (b,))))
+            .as_vec();
         let session = Session {
             model,
             cache,
-            keys: (0..b).map(|r| input.segment_ids[r * len..(r + 1) * len].iter().map(|&s| s != 0).collect()).collect(),
+            keys: (0..b)
+                .map(|r| {
+                    input.segment_ids[r * len..(r + 1) * len]
+                        .iter()
+                        .map(|&s| s != 0)
+                        .collect()
+                })
+                .collect(),
             next_pos: prompts.iter().map(|p| p.tokens.len() as u32 + 1).collect(),
         };
         Ok((session, logits))
@@ -158,7 +208,9 @@ impl<'a> Session<'a> {
             *p += 1;
         }
         let x: Matrix = model.language_model.embed::<NoneTape>(tokens);
-        let h = model.language_model.forward(x, b, &rope, &mask, Some(&mut self.cache));
+        let h = model
+            .language_model
+            .forward(x, b, &rope, &mask, Some(&mut self.cache));
         model.language_model.lm_head(h).as_vec()
     }
 
@@ -187,11 +239,21 @@ fn argmax(row: &[f32]) -> usize {
 }
 
 /// Greedy decoding of a batch of prompts (of any lengths).
-pub fn greedy(model: &PaliGemma, prompts: &[Prompt], opts: &DecodeOptions) -> Result<Vec<Generation>> {
+pub fn greedy(
+    model: &PaliGemma,
+    prompts: &[Prompt],
+    opts: &DecodeOptions,
+) -> Result<Vec<Generation>> {
     let v = model.cfg.text.vocab_size;
     let eos = model.cfg.eos_token_id;
-    let mut out: Vec<Generation> =
-        prompts.iter().map(|_| Generation { tokens: vec![], score: 0.0, step_logits: vec![] }).collect();
+    let mut out: Vec<Generation> = prompts
+        .iter()
+        .map(|_| Generation {
+            tokens: vec![],
+            score: 0.0,
+            step_logits: vec![],
+        })
+        .collect();
     if opts.max_new_tokens == 0 {
         return Ok(out);
     }
@@ -224,23 +286,42 @@ pub fn greedy(model: &PaliGemma, prompts: &[Prompt], opts: &DecodeOptions) -> Re
 /// Beam search of a batch of prompts: `beams` hypotheses per prompt; a hypothesis ending in
 /// `<eos>` is finished; a prompt is done when it has `beams` finished ones or at
 /// `max_new_tokens`, then the best by length-penalised score is returned.
-pub fn beam_search(model: &PaliGemma, prompts: &[Prompt], opts: &BeamOptions) -> Result<Vec<Generation>> {
+pub fn beam_search(
+    model: &PaliGemma,
+    prompts: &[Prompt],
+    opts: &BeamOptions,
+) -> Result<Vec<Generation>> {
     let w = opts.beams.max(1);
     let v = model.cfg.text.vocab_size;
     let eos = model.cfg.eos_token_id;
     let n = prompts.len();
     let max_new = opts.decode.max_new_tokens;
     if max_new == 0 {
-        return Ok(prompts.iter().map(|_| Generation { tokens: vec![], score: 0.0, step_logits: vec![] }).collect());
+        return Ok(prompts
+            .iter()
+            .map(|_| Generation {
+                tokens: vec![],
+                score: 0.0,
+                step_logits: vec![],
+            })
+            .collect());
     }
     let norm = |sum: f32, len: usize| sum / (len.max(1) as f32).powf(opts.length_penalty);
     let (mut s, logits) = Session::prefill(model, prompts)?;
     // every prompt starts with w copies of its single row; only copy 0 is live at first
     let rows: Vec<usize> = (0..n).flat_map(|p| std::iter::repeat_n(p, w)).collect();
     s.select_rows(&rows);
-    let mut logits: Vec<f32> = rows.iter().flat_map(|&r| logits[r * v..(r + 1) * v].to_vec()).collect();
-    let mut beams: Vec<Vec<(Vec<u32>, f32)>> =
-        (0..n).map(|_| (0..w).map(|i| (vec![], if i == 0 { 0.0 } else { f32::NEG_INFINITY })).collect()).collect();
+    let mut logits: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| logits[r * v..(r + 1) * v].to_vec())
+        .collect();
+    let mut beams: Vec<Vec<(Vec<u32>, f32)>> = (0..n)
+        .map(|_| {
+            (0..w)
+                .map(|i| (vec![], if i == 0 { 0.0 } else { f32::NEG_INFINITY }))
+                .collect()
+        })
+        .collect();
     let mut finished: Vec<Vec<(Vec<u32>, f32, f32)>> = vec![vec![]; n]; // (tokens, sum, score)
     let mut done = vec![false; n];
     for step in 0..max_new {
@@ -296,8 +377,14 @@ pub fn beam_search(model: &PaliGemma, prompts: &[Prompt], opts: &BeamOptions) ->
                 next_tokens[p * w + j] = toks.last().copied().unwrap_or(model.cfg.pad_token_id);
                 beams[p][j] = (toks, sum);
             }
-            let best_live = beams[p].iter().map(|b| norm(b.1, b.0.len())).fold(f32::NEG_INFINITY, f32::max);
-            let worst_done = finished[p].iter().map(|f| f.2).fold(f32::INFINITY, f32::min);
+            let best_live = beams[p]
+                .iter()
+                .map(|b| norm(b.1, b.0.len()))
+                .fold(f32::NEG_INFINITY, f32::max);
+            let worst_done = finished[p]
+                .iter()
+                .map(|f| f.2)
+                .fold(f32::INFINITY, f32::min);
             if finished[p].len() >= w && best_live <= worst_done {
                 done[p] = true;
             }
@@ -317,8 +404,15 @@ pub fn beam_search(model: &PaliGemma, prompts: &[Prompt], opts: &BeamOptions) ->
                     .filter(|b| b.1 > f32::NEG_INFINITY)
                     .map(|b| (b.0.clone(), b.1, norm(b.1, b.0.len()))),
             );
-            let best = all.into_iter().max_by(|a, b| a.2.total_cmp(&b.2)).expect("a hypothesis");
-            Generation { tokens: best.0, score: best.2, step_logits: vec![] }
+            let best = all
+                .into_iter()
+                .max_by(|a, b| a.2.total_cmp(&b.2))
+                .expect("a hypothesis");
+            Generation {
+                tokens: best.0,
+                score: best.2,
+                step_logits: vec![],
+            }
         })
         .collect())
 }

@@ -23,7 +23,11 @@ pub enum ModelError {
     #[error("checkpoint has unexpected tensor `{name}` (in {path})")]
     UnexpectedTensor { name: String, path: PathBuf },
     #[error("tensor `{name}` has shape {found:?}, the model expects {expected:?}")]
-    ShapeMismatch { name: String, expected: Vec<usize>, found: Vec<usize> },
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("tensor `{name}` has unsupported dtype {dtype}")]
     UnsupportedDtype { name: String, dtype: String },
     #[error("invalid config: {0}")]
@@ -36,6 +40,9 @@ pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 impl ModelError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ModelError::Io { path: path.into(), source }
+        ModelError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

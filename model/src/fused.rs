@@ -48,7 +48,11 @@ pub mod plain {
 
     /// softmax(scale * scores + mask) over the last axis; `scores` `[b, h, q, k]`, rows
     /// flattened in (b, h, q) order; `mask` `[b, q, k]`.
-    pub fn masked_softmax<T: Tape<f32, Dev>>(scores: Scores<T>, scale: f32, mask: Option<&Mask>) -> Scores<T> {
+    pub fn masked_softmax<T: Tape<f32, Dev>>(
+        scores: Scores<T>,
+        scale: f32,
+        mask: Option<&Mask>,
+    ) -> Scores<T> {
         let s = *scores.shape();
         let x = scores * scale;
         let x = match mask {
@@ -60,7 +64,9 @@ pub mod plain {
 
     pub fn rms_norm<T: Tape<f32, Dev>>(x: Matrix<T>, w: &Vector, eps: f64) -> Matrix<T> {
         let s = *x.shape();
-        let inv = (x.retaped::<T>().square().mean::<_, Axis<1>>() + eps as f32).sqrt().recip();
+        let inv = (x.retaped::<T>().square().mean::<_, Axis<1>>() + eps as f32)
+            .sqrt()
+            .recip();
         let gain = w.retaped::<T>() + 1.0;
         x * inv.broadcast_like::<_, Axis<1>>(&s) * gain.broadcast_like::<_, Axis<0>>(&s)
     }
@@ -74,7 +80,10 @@ pub mod plain {
         let (rows, vocab) = *logits.shape();
         let dev = logits.device().clone();
         let w = dev.tensor_from_vec(weights.to_vec(), (rows,));
-        let idx = dev.tensor_from_vec(targets.iter().map(|&t| t as usize).collect::<Vec<_>>(), (rows,));
+        let idx = dev.tensor_from_vec(
+            targets.iter().map(|&t| t as usize).collect::<Vec<_>>(),
+            (rows,),
+        );
         let lp = logits.log_softmax::<Axis<1>>();
         let per_row = if smoothing == 0.0 {
             lp.select(idx)
@@ -94,17 +103,29 @@ pub mod plain {
     /// Rotary embedding of `x` = `[tokens, heads * hd]` with `[tokens, hd]` tables; `rot` is the
     /// signed permutation computing rotate_half as a matmul (dfdx's slice backward assigns
     /// instead of adding, so slices would break the gradient).
-    pub fn rope<T: Tape<f32, Dev>>(x: Matrix<T>, heads: usize, cos: &Matrix, sin: &Matrix, rot: &Matrix) -> Matrix<T> {
+    pub fn rope<T: Tape<f32, Dev>>(
+        x: Matrix<T>,
+        heads: usize,
+        cos: &Matrix,
+        sin: &Matrix,
+        rot: &Matrix,
+    ) -> Matrix<T> {
         let (n, width) = *x.shape();
         let hd = width / heads;
         let s = (n, heads, hd);
         let x = x.reshape_like(&s);
         let rotated = x.retaped::<T>().matmul(rot.clone());
-        let y = x * cos.clone().broadcast_like::<_, Axis<1>>(&s) + rotated * sin.clone().broadcast_like::<_, Axis<1>>(&s);
+        let y = x * cos.clone().broadcast_like::<_, Axis<1>>(&s)
+            + rotated * sin.clone().broadcast_like::<_, Axis<1>>(&s);
         y.reshape_like(&(n, width))
     }
 
-    pub fn layer_norm<T: Tape<f32, Dev>>(x: Matrix<T>, w: &Vector, b: &Vector, eps: f64) -> Matrix<T> {
+    pub fn layer_norm<T: Tape<f32, Dev>>(
+        x: Matrix<T>,
+        w: &Vector,
+        b: &Vector,
+        eps: f64,
+    ) -> Matrix<T> {
         let s = *x.shape();
         x.normalize::<Axis<1>>(eps) * w.retaped::<T>().broadcast_like::<_, Axis<0>>(&s)
             + b.retaped::<T>().broadcast_like::<_, Axis<0>>(&s)
@@ -132,7 +153,11 @@ pub fn geglu<T: Tape<f32, Dev>>(gate: Matrix<T>, up: Matrix<T>) -> Matrix<T> {
 }
 
 /// `softmax(scale * scores + mask)` over the last axis.
-pub fn masked_softmax<T: Tape<f32, Dev>>(scores: Scores<T>, scale: f32, mask: Option<&Mask>) -> Scores<T> {
+pub fn masked_softmax<T: Tape<f32, Dev>>(
+    scores: Scores<T>,
+    scale: f32,
+    mask: Option<&Mask>,
+) -> Scores<T> {
     #[cfg(not(feature = "cuda"))]
     if fused_enabled() {
         return cpu::masked_softmax(scores, scale, mask);
@@ -151,7 +176,13 @@ pub fn rms_norm<T: Tape<f32, Dev>>(x: Matrix<T>, w: &Vector, eps: f64) -> Matrix
 
 /// Scaled dot-product attention with multi-/grouped-query heads, see
 /// [`crate::attention::attention`].
-pub fn attention<T: Tape<f32, Dev>>(q: Matrix<T>, k: Matrix<T>, v: Matrix<T>, h: Heads, mask: Option<&Mask>) -> Matrix<T> {
+pub fn attention<T: Tape<f32, Dev>>(
+    q: Matrix<T>,
+    k: Matrix<T>,
+    v: Matrix<T>,
+    h: Heads,
+    mask: Option<&Mask>,
+) -> Matrix<T> {
     #[cfg(not(feature = "cuda"))]
     if fused_enabled() {
         return cpu::attention(q, k, v, h, mask);
@@ -178,7 +209,13 @@ pub fn add_bias<T: Tape<f32, Dev>>(x: Matrix<T>, b: &Vector) -> Matrix<T> {
 }
 
 /// Half-split rotary embedding: `x * cos + rotate_half(x) * sin` per head.
-pub fn rope<T: Tape<f32, Dev>>(x: Matrix<T>, heads: usize, cos: &Matrix, sin: &Matrix, rot: &Matrix) -> Matrix<T> {
+pub fn rope<T: Tape<f32, Dev>>(
+    x: Matrix<T>,
+    heads: usize,
+    cos: &Matrix,
+    sin: &Matrix,
+    rot: &Matrix,
+) -> Matrix<T> {
     #[cfg(not(feature = "cuda"))]
     if fused_enabled() {
         return cpu::rope(x, heads, cos, sin);
@@ -240,7 +277,8 @@ mod cpu {
             + r * (1.0
                 + r * (0.5
                     + r * (1.0 / 6.0
-                        + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+                        + r * (1.0 / 24.0
+                            + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
         p * f32::from_bits(((k as i32 + 127) << 23) as u32)
     }
 
@@ -259,7 +297,10 @@ mod cpu {
         let u = SQRT_2_OVER_PI * (x + KAPPA * x * x * x);
         let t = tanh(u);
         let du = SQRT_2_OVER_PI * (1.0 + 3.0 * KAPPA * x * x);
-        (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+        (
+            0.5 * x * (1.0 + t),
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du,
+        )
     }
 
     /// Defines `fn $name(args)` whose body is compiled twice, plainly and for AVX2+FMA, the
@@ -302,7 +343,11 @@ mod cpu {
     fn max8(x: &[f32]) -> f32 {
         let mut acc = [f32::NEG_INFINITY; 8];
         let chunks = x.chunks_exact(8);
-        let rest = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let rest = chunks
+            .remainder()
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
         for c in chunks {
             for i in 0..8 {
                 acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
@@ -388,7 +433,9 @@ mod cpu {
         let s = *x.shape();
         let xv = host(&x);
         let mut y = vec![0.0; xv.len()];
-        y.par_chunks_mut(16384).zip(xv.par_chunks(16384)).for_each(|(y, x)| gelu_fwd(y, x));
+        y.par_chunks_mut(16384)
+            .zip(xv.par_chunks(16384))
+            .for_each(|(y, x)| gelu_fwd(y, x));
         let (ghost, out) = output(x.device(), y, s, NoneTape);
         if T::OWNS_TAPE {
             tape.add_backward_op(move |grads| {
@@ -425,7 +472,11 @@ mod cpu {
                 let mut du = vec![0.0; n];
                 dg.par_chunks_mut(16384)
                     .zip(du.par_chunks_mut(16384))
-                    .zip(go.par_chunks(16384).zip(gv.par_chunks(16384)).zip(uv.par_chunks(16384)))
+                    .zip(
+                        go.par_chunks(16384)
+                            .zip(gv.par_chunks(16384))
+                            .zip(uv.par_chunks(16384)),
+                    )
                     .for_each(|((dg, du), ((go, gv), uv))| geglu_bwd(dg, du, go, gv, uv));
                 let gi = grads.get_or_alloc_mut(&g)?;
                 gi.iter_mut().zip(&dg).for_each(|(a, b)| *a += b);
@@ -437,7 +488,11 @@ mod cpu {
         out.put_tape(tape)
     }
 
-    pub fn masked_softmax<T: Tape<f32, Dev>>(scores: Scores<T>, scale: f32, mask: Option<&Mask>) -> Scores<T> {
+    pub fn masked_softmax<T: Tape<f32, Dev>>(
+        scores: Scores<T>,
+        scale: f32,
+        mask: Option<&Mask>,
+    ) -> Scores<T> {
         let (x, mut tape) = scores.contiguous().split_tape();
         let s = *x.shape();
         let (b, h, q, k) = s;
@@ -470,7 +525,13 @@ mod cpu {
                     let mut tmp = vec![0.0; k];
                     for (i, grow) in gc.chunks_mut(k).enumerate() {
                         let r = c * per + i;
-                        softmax_row_bwd(grow, &pv[r * k..(r + 1) * k], &go[r * k..(r + 1) * k], scale, &mut tmp);
+                        softmax_row_bwd(
+                            grow,
+                            &pv[r * k..(r + 1) * k],
+                            &go[r * k..(r + 1) * k],
+                            scale,
+                            &mut tmp,
+                        );
                     }
                 });
                 Ok(())
@@ -527,7 +588,14 @@ mod cpu {
                 let gi = grads.get_or_alloc_mut(&x)?;
                 gi.par_chunks_mut(v).enumerate().for_each(|(r, gr)| {
                     if weights[r] != 0.0 {
-                        ce_grad_row(gr, &xv[r * v..(r + 1) * v], stats[r].0, targets[r] as usize, e, g * weights[r]);
+                        ce_grad_row(
+                            gr,
+                            &xv[r * v..(r + 1) * v],
+                            stats[r].0,
+                            targets[r] as usize,
+                            e,
+                            g * weights[r],
+                        );
                     }
                 });
                 Ok(())
@@ -559,12 +627,24 @@ mod cpu {
         // SAFETY: the caller passes pointers valid for these shapes and strides.
         unsafe {
             gemm::gemm(
-                m, n, k,
-                dst, dst_s.1 as isize, dst_s.0 as isize, accumulate,
-                lhs, lhs_s.1 as isize, lhs_s.0 as isize,
-                rhs, rhs_s.1 as isize, rhs_s.0 as isize,
-                if accumulate { 1.0 } else { 0.0 }, beta,
-                false, false, false,
+                m,
+                n,
+                k,
+                dst,
+                dst_s.1 as isize,
+                dst_s.0 as isize,
+                accumulate,
+                lhs,
+                lhs_s.1 as isize,
+                lhs_s.0 as isize,
+                rhs,
+                rhs_s.1 as isize,
+                rhs_s.0 as isize,
+                if accumulate { 1.0 } else { 0.0 },
+                beta,
+                false,
+                false,
+                false,
                 gemm::Parallelism::None,
             )
         }
@@ -594,12 +674,25 @@ mod cpu {
     /// Attention straight on the `[rows, heads * head_dim]` layouts: per (batch, head), QK^T and
     /// PV through gemm on strided views (no head reshapes), the masked softmax in place; the
     /// probabilities are kept for backward. Tasks run in parallel over (batch, key/value head).
-    pub fn attention<T: Tape<f32, Dev>>(q: Matrix<T>, k: Matrix<T>, v: Matrix<T>, h: Heads, mask: Option<&Mask>) -> Matrix<T> {
+    pub fn attention<T: Tape<f32, Dev>>(
+        q: Matrix<T>,
+        k: Matrix<T>,
+        v: Matrix<T>,
+        h: Heads,
+        mask: Option<&Mask>,
+    ) -> Matrix<T> {
         let (q, tq) = q.contiguous().split_tape();
         let (k, tk) = k.contiguous().split_tape();
         let (v, tv) = v.contiguous().split_tape();
         let mut tape = tq.merge(tk).merge(tv);
-        let Heads { batch: b, queries: lq, keys: lk, heads: nh, kv_heads: nkv, head_dim: hd } = h;
+        let Heads {
+            batch: b,
+            queries: lq,
+            keys: lk,
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+        } = h;
         let g = nh / nkv;
         let (qw, kw) = (nh * hd, nkv * hd);
         assert_eq!(*q.shape(), (b * lq, qw), "attention q");
@@ -626,14 +719,36 @@ mod cpu {
                 let kh = kv.as_ptr().add(bi * lk * kw + kvh * hd);
                 let vh = vv.as_ptr().add(bi * lk * kw + kvh * hd);
                 // S = scale * Q K^T
-                mm((lq, lk, hd), p, (lk, 1), false, qh, (qw, 1), kh, (1, kw), scale);
+                mm(
+                    (lq, lk, hd),
+                    p,
+                    (lk, 1),
+                    false,
+                    qh,
+                    (qw, 1),
+                    kh,
+                    (1, kw),
+                    scale,
+                );
                 for i in 0..lq {
                     let row = std::slice::from_raw_parts_mut(p.add(i * lk), lk);
-                    let m = mv.as_ref().map(|m| &m[(bi * lq + i) * lk..(bi * lq + i + 1) * lk]);
+                    let m = mv
+                        .as_ref()
+                        .map(|m| &m[(bi * lq + i) * lk..(bi * lq + i + 1) * lk]);
                     softmax_inplace(row, m);
                 }
                 // O = P V
-                mm((lq, hd, lk), op.0.add(bi * lq * qw + hh * hd), (qw, 1), false, p, (lk, 1), vh, (kw, 1), 1.0);
+                mm(
+                    (lq, hd, lk),
+                    op.0.add(bi * lq * qw + hh * hd),
+                    (qw, 1),
+                    false,
+                    p,
+                    (lk, 1),
+                    vh,
+                    (kw, 1),
+                    1.0,
+                );
             }
         });
         drop(mv);
@@ -644,7 +759,11 @@ mod cpu {
                 let mut dq = vec![0.0f32; qv.len()];
                 let mut dk = vec![0.0f32; kv.len()];
                 let mut dv = vec![0.0f32; vv.len()];
-                let (dqp, dkp, dvp) = (Shared(dq.as_mut_ptr()), Shared(dk.as_mut_ptr()), Shared(dv.as_mut_ptr()));
+                let (dqp, dkp, dvp) = (
+                    Shared(dq.as_mut_ptr()),
+                    Shared(dk.as_mut_ptr()),
+                    Shared(dv.as_mut_ptr()),
+                );
                 (0..b * nkv).into_par_iter().for_each(|task| {
                     let (bi, kvh) = (task / nkv, task % nkv);
                     let (dqp, dkp, dvp) = (dqp, dkp, dvp);
@@ -662,22 +781,69 @@ mod cpu {
                             let qh = qv.as_ptr().add(bi * lq * qw + hh * hd);
                             let goh = go.as_ptr().add(bi * lq * qw + hh * hd);
                             // dV += P^T dO
-                            mm((lk, hd, lq), dvh, (kw, 1), true, p, (1, lk), goh, (qw, 1), 1.0);
+                            mm(
+                                (lk, hd, lq),
+                                dvh,
+                                (kw, 1),
+                                true,
+                                p,
+                                (1, lk),
+                                goh,
+                                (qw, 1),
+                                1.0,
+                            );
                             // dP = dO V^T, then dS = scale * P * (dP - rowsum(dP * P))
-                            mm((lq, lk, hd), ds.as_mut_ptr(), (lk, 1), false, goh, (qw, 1), vh, (1, kw), 1.0);
+                            mm(
+                                (lq, lk, hd),
+                                ds.as_mut_ptr(),
+                                (lk, 1),
+                                false,
+                                goh,
+                                (qw, 1),
+                                vh,
+                                (1, kw),
+                                1.0,
+                            );
                             for i in 0..lq {
                                 let prow = std::slice::from_raw_parts(p.add(i * lk), lk);
-                                softmax_grad_inplace(&mut ds[i * lk..(i + 1) * lk], prow, scale, &mut tmp);
+                                softmax_grad_inplace(
+                                    &mut ds[i * lk..(i + 1) * lk],
+                                    prow,
+                                    scale,
+                                    &mut tmp,
+                                );
                             }
                             // dQ = dS K, dK += dS^T Q
-                            mm((lq, hd, lk), dqp.0.add(bi * lq * qw + hh * hd), (qw, 1), false, ds.as_ptr(), (lk, 1), kh, (kw, 1), 1.0);
-                            mm((lk, hd, lq), dkh, (kw, 1), true, ds.as_ptr(), (1, lk), qh, (qw, 1), 1.0);
+                            mm(
+                                (lq, hd, lk),
+                                dqp.0.add(bi * lq * qw + hh * hd),
+                                (qw, 1),
+                                false,
+                                ds.as_ptr(),
+                                (lk, 1),
+                                kh,
+                                (kw, 1),
+                                1.0,
+                            );
+                            mm(
+                                (lk, hd, lq),
+                                dkh,
+                                (kw, 1),
+                                true,
+                                ds.as_ptr(),
+                                (1, lk),
+                                qh,
+                                (qw, 1),
+                                1.0,
+                            );
                         }
                     }
                 });
                 for (t, d) in [(&q, dq), (&k, dk), (&v, dv)] {
                     let gi = grads.get_or_alloc_mut(t)?;
-                    gi.par_chunks_mut(16384).zip(d.par_chunks(16384)).for_each(|(gi, d)| accumulate(gi, d));
+                    gi.par_chunks_mut(16384)
+                        .zip(d.par_chunks(16384))
+                        .for_each(|(gi, d)| accumulate(gi, d));
                 }
                 Ok(())
             });
@@ -715,7 +881,9 @@ mod cpu {
                 let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
                 for t in [&a, &b] {
                     let gi = grads.get_or_alloc_mut(t)?;
-                    gi.par_chunks_mut(16384).zip(go.par_chunks(16384)).for_each(|(gi, go)| accumulate(gi, go));
+                    gi.par_chunks_mut(16384)
+                        .zip(go.par_chunks(16384))
+                        .for_each(|(gi, go)| accumulate(gi, go));
                 }
                 Ok(())
             });
@@ -743,7 +911,9 @@ mod cpu {
         let bv = host(b);
         let per = rows_per_task(d);
         let mut y = vec![0.0; xv.len()];
-        y.par_chunks_mut(per * d).zip(xv.par_chunks(per * d)).for_each(|(y, x)| add_bias_rows(y, x, &bv));
+        y.par_chunks_mut(per * d)
+            .zip(xv.par_chunks(per * d))
+            .for_each(|(y, x)| add_bias_rows(y, x, &bv));
         drop(xv);
         let (ghost, out) = output(x.device(), y, s, NoneTape);
         if T::OWNS_TAPE {
@@ -762,9 +932,11 @@ mod cpu {
                     .collect::<Vec<_>>();
                 let db = sum_partials(db, d);
                 let gi = grads.get_or_alloc_mut(&x)?;
-                gi.par_chunks_mut(16384).zip(go.par_chunks(16384)).for_each(|(gi, go)| {
-                    gi.iter_mut().zip(go).for_each(|(a, g)| *a += g);
-                });
+                gi.par_chunks_mut(16384)
+                    .zip(go.par_chunks(16384))
+                    .for_each(|(gi, go)| {
+                        gi.iter_mut().zip(go).for_each(|(a, g)| *a += g);
+                    });
                 let gb = grads.get_or_alloc_mut(&b)?;
                 gb.iter_mut().zip(&db).for_each(|(a, c)| *a += c);
                 Ok(())
@@ -789,7 +961,12 @@ mod cpu {
         }
     }
 
-    pub fn rope<T: Tape<f32, Dev>>(x: Matrix<T>, heads: usize, cos: &Matrix, sin: &Matrix) -> Matrix<T> {
+    pub fn rope<T: Tape<f32, Dev>>(
+        x: Matrix<T>,
+        heads: usize,
+        cos: &Matrix,
+        sin: &Matrix,
+    ) -> Matrix<T> {
         let (x, mut tape) = x.contiguous().split_tape();
         let s = *x.shape();
         let (n, width) = s;
@@ -800,12 +977,21 @@ mod cpu {
         let per = rows_per_task(width);
         let mut y = vec![0.0; xv.len()];
         let apply = move |y: &mut [f32], x: &[f32], cv: &[f32], sv: &[f32], sign: f32| {
-            y.par_chunks_mut(per * width).zip(x.par_chunks(per * width)).enumerate().for_each(|(c, (y, x))| {
-                for (i, (y, x)) in y.chunks_mut(width).zip(x.chunks(width)).enumerate() {
-                    let t = c * per + i;
-                    rope_row(y, x, &cv[t * hd..(t + 1) * hd], &sv[t * hd..(t + 1) * hd], sign);
-                }
-            })
+            y.par_chunks_mut(per * width)
+                .zip(x.par_chunks(per * width))
+                .enumerate()
+                .for_each(|(c, (y, x))| {
+                    for (i, (y, x)) in y.chunks_mut(width).zip(x.chunks(width)).enumerate() {
+                        let t = c * per + i;
+                        rope_row(
+                            y,
+                            x,
+                            &cv[t * hd..(t + 1) * hd],
+                            &sv[t * hd..(t + 1) * hd],
+                            sign,
+                        );
+                    }
+                })
         };
         apply(&mut y, &xv, &cv, &sv, 1.0);
         drop(xv);
@@ -832,8 +1018,10 @@ mod cpu {
         let per = rows_per_task(d);
         let mut inv = vec![0.0f32; s.0];
         let mut y = vec![0.0; xv.len()];
-        y.par_chunks_mut(per * d).zip(inv.par_chunks_mut(per)).zip(xv.par_chunks(per * d)).for_each(
-            |((y, inv), x)| {
+        y.par_chunks_mut(per * d)
+            .zip(inv.par_chunks_mut(per))
+            .zip(xv.par_chunks(per * d))
+            .for_each(|((y, inv), x)| {
                 for ((y, r), x) in y.chunks_mut(d).zip(inv.iter_mut()).zip(x.chunks(d)) {
                     let ms = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
                     *r = 1.0 / (ms + eps as f32).sqrt();
@@ -841,8 +1029,7 @@ mod cpu {
                         y[j] = x[j] * *r * gain[j];
                     }
                 }
-            },
-        );
+            });
         let (ghost, out) = output(x.device(), y, s, NoneTape);
         if T::OWNS_TAPE {
             let w = w.clone();
@@ -865,17 +1052,21 @@ mod cpu {
                     .collect::<Vec<_>>();
                 let dw = sum_partials(dw, d);
                 let gi = grads.get_or_alloc_mut(&x)?;
-                gi.par_chunks_mut(per * d).zip(go.par_chunks(per * d)).zip(xv.par_chunks(per * d).zip(inv.par_chunks(per))).for_each(
-                    |((gi, g), (x, inv))| {
-                        for ((gi, g), (x, &r)) in gi.chunks_mut(d).zip(g.chunks(d)).zip(x.chunks(d).zip(inv)) {
-                            let dot: f32 = (0..d).map(|j| g[j] * gain[j] * x[j]).sum::<f32>() / d as f32;
+                gi.par_chunks_mut(per * d)
+                    .zip(go.par_chunks(per * d))
+                    .zip(xv.par_chunks(per * d).zip(inv.par_chunks(per)))
+                    .for_each(|((gi, g), (x, inv))| {
+                        for ((gi, g), (x, &r)) in
+                            gi.chunks_mut(d).zip(g.chunks(d)).zip(x.chunks(d).zip(inv))
+                        {
+                            let dot: f32 =
+                                (0..d).map(|j| g[j] * gain[j] * x[j]).sum::<f32>() / d as f32;
                             let r3 = r * r * r;
                             for j in 0..d {
                                 gi[j] += r * g[j] * gain[j] - x[j] * r3 * dot;
                             }
                         }
-                    },
-                );
+                    });
                 let gw = grads.get_or_alloc_mut(&w)?;
                 gw.iter_mut().zip(&dw).for_each(|(a, b)| *a += b);
                 Ok(())
@@ -884,7 +1075,12 @@ mod cpu {
         out.put_tape(tape)
     }
 
-    pub fn layer_norm<T: Tape<f32, Dev>>(x: Matrix<T>, w: &Vector, b: &Vector, eps: f64) -> Matrix<T> {
+    pub fn layer_norm<T: Tape<f32, Dev>>(
+        x: Matrix<T>,
+        w: &Vector,
+        b: &Vector,
+        eps: f64,
+    ) -> Matrix<T> {
         let (x, mut tape) = x.contiguous().split_tape();
         let s = *x.shape();
         let d = s.1;
@@ -894,8 +1090,10 @@ mod cpu {
         // normalised input (kept for backward) and 1/std per row
         let mut xhat = vec![0.0; xv.len()];
         let mut inv = vec![0.0f32; s.0];
-        xhat.par_chunks_mut(per * d).zip(inv.par_chunks_mut(per)).zip(xv.par_chunks(per * d)).for_each(
-            |((xh, inv), x)| {
+        xhat.par_chunks_mut(per * d)
+            .zip(inv.par_chunks_mut(per))
+            .zip(xv.par_chunks(per * d))
+            .for_each(|((xh, inv), x)| {
                 for ((xh, r), x) in xh.chunks_mut(d).zip(inv.iter_mut()).zip(x.chunks(d)) {
                     let mean = x.iter().sum::<f32>() / d as f32;
                     let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
@@ -904,17 +1102,18 @@ mod cpu {
                         xh[j] = (x[j] - mean) * *r;
                     }
                 }
-            },
-        );
+            });
         drop(xv);
         let mut y = vec![0.0; xhat.len()];
-        y.par_chunks_mut(per * d).zip(xhat.par_chunks(per * d)).for_each(|(y, xh)| {
-            for (y, xh) in y.chunks_mut(d).zip(xh.chunks(d)) {
-                for j in 0..d {
-                    y[j] = xh[j] * wv[j] + bv[j];
+        y.par_chunks_mut(per * d)
+            .zip(xhat.par_chunks(per * d))
+            .for_each(|(y, xh)| {
+                for (y, xh) in y.chunks_mut(d).zip(xh.chunks(d)) {
+                    for j in 0..d {
+                        y[j] = xh[j] * wv[j] + bv[j];
+                    }
                 }
-            }
-        });
+            });
         let (ghost, out) = output(x.device(), y, s, NoneTape);
         if T::OWNS_TAPE {
             let (w, b) = (w.clone(), b.clone());
@@ -936,9 +1135,13 @@ mod cpu {
                     .unzip();
                 let (dw, db) = (sum_partials(dw, d), sum_partials(db, d));
                 let gi = grads.get_or_alloc_mut(&x)?;
-                gi.par_chunks_mut(per * d).zip(go.par_chunks(per * d)).zip(xhat.par_chunks(per * d).zip(inv.par_chunks(per))).for_each(
-                    |((gi, g), (xh, inv))| {
-                        for ((gi, g), (xh, &r)) in gi.chunks_mut(d).zip(g.chunks(d)).zip(xh.chunks(d).zip(inv)) {
+                gi.par_chunks_mut(per * d)
+                    .zip(go.par_chunks(per * d))
+                    .zip(xhat.par_chunks(per * d).zip(inv.par_chunks(per)))
+                    .for_each(|((gi, g), (xh, inv))| {
+                        for ((gi, g), (xh, &r)) in
+                            gi.chunks_mut(d).zip(g.chunks(d)).zip(xh.chunks(d).zip(inv))
+                        {
                             let mut m1 = 0.0;
                             let mut m2 = 0.0;
                             for j in 0..d {
@@ -951,8 +1154,7 @@ mod cpu {
                                 gi[j] += r * (g[j] * wv[j] - m1 - xh[j] * m2);
                             }
                         }
-                    },
-                );
+                    });
                 let g = grads.get_or_alloc_mut(&w)?;
                 g.iter_mut().zip(&dw).for_each(|(a, b)| *a += b);
                 let g = grads.get_or_alloc_mut(&b)?;
@@ -970,14 +1172,19 @@ mod tests {
     use crate::TrainTape;
 
     fn values(n: usize, k: f32, scale: f32) -> Vec<f32> {
-        (0..n).map(|i| ((i as f32 + 0.5) * k).sin() * scale).collect()
+        (0..n)
+            .map(|i| ((i as f32 + 0.5) * k).sin() * scale)
+            .collect()
     }
 
     fn close(name: &str, a: &[f32], b: &[f32], tol: f32) {
         assert_eq!(a.len(), b.len(), "{name}");
         let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
         let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(d <= tol * scale, "{name}: max|diff| {d:e} (scale {scale:e})");
+        assert!(
+            d <= tol * scale,
+            "{name}: max|diff| {d:e} (scale {scale:e})"
+        );
     }
 
     /// Runs `op` fused and plain on the same input; compares outputs and the gradients of
@@ -1016,32 +1223,64 @@ mod tests {
         let b = dev.tensor_from_vec(values(d, 2.3, 0.5), (d,));
         check("gelu", &x, &[], &|x| gelu(x));
         check("rms_norm", &x, &[&w], &|x| rms_norm(x, &w, 1e-6));
-        check("layer_norm", &x, &[&w, &b], &|x| layer_norm(x, &w, &b, 1e-6));
+        check("layer_norm", &x, &[&w, &b], &|x| {
+            layer_norm(x, &w, &b, 1e-6)
+        });
         check("add_bias", &x, &[&w], &|x| add_bias(x, &w));
-        check("add", &x, &[], &|x| add(x.retaped::<TrainTape>() * 0.5, x.square()));
-        let r = crate::attention::Rope::new(&dev, &(0..n as u32).map(|p| p * 3 + 1).collect::<Vec<_>>(), 8, 10000.0);
+        check("add", &x, &[], &|x| {
+            add(x.retaped::<TrainTape>() * 0.5, x.square())
+        });
+        let r = crate::attention::Rope::new(
+            &dev,
+            &(0..n as u32).map(|p| p * 3 + 1).collect::<Vec<_>>(),
+            8,
+            10000.0,
+        );
         check("rope", &x, &[], &|x| rope(x, 3, &r.cos, &r.sin, &r.rot));
         let u = dev.tensor_from_vec(values(n * d, 0.13, 2.0), (n, d));
-        check("geglu", &x, &[], &|x| geglu(x.retaped::<TrainTape>() * 0.7, x * u.clone()));
+        check("geglu", &x, &[], &|x| {
+            geglu(x.retaped::<TrainTape>() * 0.7, x * u.clone())
+        });
         let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7) % d as u32).collect();
-        let weights: Vec<f32> = (0..n).map(|i| if i % 5 == 0 { 0.0 } else { 0.1 + (i % 3) as f32 * 0.05 }).collect();
+        let weights: Vec<f32> = (0..n)
+            .map(|i| {
+                if i % 5 == 0 {
+                    0.0
+                } else {
+                    0.1 + (i % 3) as f32 * 0.05
+                }
+            })
+            .collect();
         for e in [0.0, 0.1] {
             check("cross_entropy", &x, &[], &|x| {
                 let l = weighted_cross_entropy(x, &targets, &weights, e);
                 // as a [1, 1] matrix, for the harness
-                l.broadcast_like::<_, Axis<0>>(&(1,)).broadcast_like::<_, Axis<1>>(&(1, 1))
+                l.broadcast_like::<_, Axis<0>>(&(1,))
+                    .broadcast_like::<_, Axis<1>>(&(1, 1))
             });
         }
         // attention: q, k, v all derived from one input so the harness checks every gradient
         for (heads, kv_heads, masked) in [(4, 2, true), (4, 1, true), (2, 2, false)] {
             let (bb, lq, hd) = (2, 4, 3);
-            let xq = dev.tensor_from_vec(values(bb * lq * heads * hd, 0.41, 1.5), (bb * lq, heads * hd));
+            let xq = dev.tensor_from_vec(
+                values(bb * lq * heads * hd, 0.41, 1.5),
+                (bb * lq, heads * hd),
+            );
             let kvw = kv_heads * hd;
             let pk = dev.tensor_from_vec(values(heads * hd * kvw, 0.27, 0.7), (heads * hd, kvw));
             let pv = dev.tensor_from_vec(values(heads * hd * kvw, 0.19, 0.9), (heads * hd, kvw));
-            let allowed: Vec<bool> = (0..bb * lq * lq).map(|i| i % 3 != 1 || i % 4 == 0).collect();
+            let allowed: Vec<bool> = (0..bb * lq * lq)
+                .map(|i| i % 3 != 1 || i % 4 == 0)
+                .collect();
             let m = crate::attention::additive_mask(&dev, &allowed, bb, lq, lq);
-            let h = Heads { batch: bb, queries: lq, keys: lq, heads, kv_heads, head_dim: hd };
+            let h = Heads {
+                batch: bb,
+                queries: lq,
+                keys: lq,
+                heads,
+                kv_heads,
+                head_dim: hd,
+            };
             check("attention", &xq, &[], &|x| {
                 let k = x.retaped::<TrainTape>().matmul(pk.clone());
                 let v = x.retaped::<TrainTape>().matmul(pv.clone()).square();
@@ -1055,7 +1294,8 @@ mod tests {
         let m = crate::attention::additive_mask(&dev, &allowed, bb, q, k);
         for mask in [None, Some(&m)] {
             check("masked_softmax", &s, &[], &|x| {
-                masked_softmax(x.reshape_like(&(bb, h, q, k)), 0.25, mask).reshape_like(&(bb * h * q, k))
+                masked_softmax(x.reshape_like(&(bb, h, q, k)), 0.25, mask)
+                    .reshape_like(&(bb * h * q, k))
             });
         }
     }
@@ -1066,9 +1306,17 @@ mod tests {
         for i in -8000..=8000 {
             let x = i as f32 * 0.01;
             let e = cpu::exp(x);
-            assert!((e - x.exp()).abs() <= 3e-7 * x.exp(), "exp({x}) = {e} vs {}", x.exp());
+            assert!(
+                (e - x.exp()).abs() <= 3e-7 * x.exp(),
+                "exp({x}) = {e} vs {}",
+                x.exp()
+            );
             let t = cpu::tanh(x);
-            assert!((t - x.tanh()).abs() <= 3e-7, "tanh({x}) = {t} vs {}", x.tanh());
+            assert!(
+                (t - x.tanh()).abs() <= 3e-7,
+                "tanh({x}) = {t} vs {}",
+                x.tanh()
+            );
         }
     }
 }

@@ -112,8 +112,10 @@ impl Gemma {
     pub fn embed<T: Tape<f32, Dev>>(&self, tokens: &[u32]) -> Matrix<T> {
         let dev = self.embed_tokens.device().clone();
         let v = self.cfg.vocab_size;
-        let ids: Vec<usize> =
-            tokens.iter().map(|&t| if (t as usize) < v { t as usize } else { 0 }).collect();
+        let ids: Vec<usize> = tokens
+            .iter()
+            .map(|&t| if (t as usize) < v { t as usize } else { 0 })
+            .collect();
         let ids = dev.tensor_from_vec(ids, (tokens.len(),));
         let scale = (self.cfg.hidden_size as f32).sqrt();
         self.embed_tokens.retaped::<T>().gather(ids) * scale
@@ -169,7 +171,10 @@ impl Gemma {
             Some((ck, cv)) => {
                 let past = ck.shape().1;
                 let kw = nkv * hd;
-                let (k, v) = (k.reshape_like(&(batch, len, kw)), v.reshape_like(&(batch, len, kw)));
+                let (k, v) = (
+                    k.reshape_like(&(batch, len, kw)),
+                    v.reshape_like(&(batch, len, kw)),
+                );
                 let (k, v) = if past == 0 {
                     (k, v)
                 } else {
@@ -190,7 +195,14 @@ impl Gemma {
                 )
             }
         };
-        let heads = Heads { batch, queries: len, keys, heads: nh, kv_heads: nkv, head_dim: hd };
+        let heads = Heads {
+            batch,
+            queries: len,
+            keys,
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+        };
         let x = crate::fused::add(x, a.o_proj.forward(attention(q, k, v, heads, Some(mask))));
         let h = l.post_attention_layernorm.forward(x.retaped::<T>());
         let g = l.mlp.gate_proj.forward(h.retaped::<T>());

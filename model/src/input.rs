@@ -75,12 +75,21 @@ impl ModelInput {
             }
             for p in start..start + k {
                 if std::mem::replace(&mut used[row * self.len + p], true) {
-                    return bad(format!("image_slots[{i}] overlaps another image at ({row}, {p})"));
+                    return bad(format!(
+                        "image_slots[{i}] overlaps another image at ({row}, {p})"
+                    ));
                 }
             }
         }
-        if let Some(i) = self.tokens.iter().position(|&t| t as usize >= cfg.text.vocab_size && t != cfg.image_token_id) {
-            return bad(format!("tokens[{i}] = {} is outside the vocabulary", self.tokens[i]));
+        if let Some(i) = self
+            .tokens
+            .iter()
+            .position(|&t| t as usize >= cfg.text.vocab_size && t != cfg.image_token_id)
+        {
+            return bad(format!(
+                "tokens[{i}] = {} is outside the vocabulary",
+                self.tokens[i]
+            ));
         }
         Ok(())
     }
@@ -101,7 +110,9 @@ impl ModelInput {
     pub fn image_positions(&self, tokens_per_image: usize) -> Vec<usize> {
         self.image_slots
             .iter()
-            .flat_map(|&(row, start)| (start..start + tokens_per_image).map(move |p| row * self.len + p))
+            .flat_map(|&(row, start)| {
+                (start..start + tokens_per_image).map(move |p| row * self.len + p)
+            })
             .collect()
     }
 
@@ -127,7 +138,11 @@ impl ModelInput {
             let mut t = 0;
             while t < len {
                 if input_ids[b * len + t] == cfg.image_token_id {
-                    if t + k > len || input_ids[b * len + t..b * len + t + k].iter().any(|&x| x != cfg.image_token_id) {
+                    if t + k > len
+                        || input_ids[b * len + t..b * len + t + k]
+                            .iter()
+                            .any(|&x| x != cfg.image_token_id)
+                    {
                         return Err(ModelError::Input(format!(
                             "row {b}: a run of <image> tokens at {t} is not a multiple of {k}"
                         )));
@@ -192,7 +207,9 @@ mod tests {
             segment_ids: vec![1; len],
             positions: (0..len as u32).collect(),
             causal: (0..len).map(|i| i >= k + 2).collect(),
-            loss_weights: (0..len).map(|i| if i > k && i + 1 < len { 1.0 } else { 0.0 }).collect(),
+            loss_weights: (0..len)
+                .map(|i| if i > k && i + 1 < len { 1.0 } else { 0.0 })
+                .collect(),
         }
     }
 
@@ -205,8 +222,18 @@ mod tests {
             f(&mut i);
             i.validate(&cfg).unwrap_err().to_string()
         };
-        assert!(err(&|i| { i.causal.pop(); }).contains("causal"));
-        assert!(err(&|i| { i.pixels.pop(); }).contains("pixels"));
+        assert!(
+            err(&|i| {
+                i.causal.pop();
+            })
+            .contains("causal")
+        );
+        assert!(
+            err(&|i| {
+                i.pixels.pop();
+            })
+            .contains("pixels")
+        );
         assert!(err(&|i| i.image_slots[0] = (0, 10)).contains("image_slots[0]"));
         assert!(err(&|i| i.image_slots.push((0, 2))).contains("image_slots"));
         assert!(err(&|i| i.tokens[17] = 5000).contains("tokens[17]"));

@@ -88,7 +88,11 @@ pub trait Params {
 }
 
 pub(crate) fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
 }
 
 impl Params for Vector {
@@ -246,7 +250,11 @@ impl_params!(LayerNorm { "weight" => weight, "bias" => bias });
 
 impl LayerNorm {
     pub(crate) fn init<R: Rng>(init: &mut Init<R>, dim: usize, eps: f64) -> Self {
-        LayerNorm { weight: init.constant(dim, 1.0), bias: init.constant(dim, 0.0), eps }
+        LayerNorm {
+            weight: init.constant(dim, 1.0),
+            bias: init.constant(dim, 0.0),
+            eps,
+        }
     }
 
     pub fn forward<T: Tape<f32, Dev>>(&self, x: Matrix<T>) -> Matrix<T> {
@@ -264,7 +272,10 @@ impl_params!(RmsNorm { "weight" => weight });
 
 impl RmsNorm {
     pub(crate) fn init<R: Rng>(init: &mut Init<R>, dim: usize, eps: f64) -> Self {
-        RmsNorm { weight: init.constant(dim, 0.0), eps }
+        RmsNorm {
+            weight: init.constant(dim, 0.0),
+            eps,
+        }
     }
 
     pub fn forward<T: Tape<f32, Dev>>(&self, x: Matrix<T>) -> Matrix<T> {

@@ -25,7 +25,10 @@ pub fn weighted_cross_entropy<T: Tape<f32, Dev>>(
     let total: f32 = weights.iter().sum();
     let norm = if total != 0.0 { 1.0 / total } else { 0.0 };
     let w: Vec<f32> = weights.iter().map(|&x| x * norm).collect();
-    debug_assert!(targets.iter().all(|&t| (t as usize) < vocab), "target outside the vocabulary");
+    debug_assert!(
+        targets.iter().all(|&t| (t as usize) < vocab),
+        "target outside the vocabulary"
+    );
     crate::fused::weighted_cross_entropy(logits, targets, &w, opts.label_smoothing)
 }
 
@@ -50,7 +53,9 @@ mod tests {
     fn matches_a_scalar_reference_with_weights_and_smoothing() {
         let dev = Dev::default();
         let (rows, vocab) = (4, 7);
-        let l: Vec<f32> = (0..rows * vocab).map(|i| (i as f32 * 0.9).sin() * 3.0).collect();
+        let l: Vec<f32> = (0..rows * vocab)
+            .map(|i| (i as f32 * 0.9).sin() * 3.0)
+            .collect();
         let t = [1u32, 6, 0, 3];
         let w = [1.0f32, 0.0, 2.0, 0.5];
         for e in [0.0f32, 0.1] {
@@ -64,7 +69,12 @@ mod tests {
             let want = ce(&l, vocab, &t, &w, e);
             assert!((got - want).abs() < 1e-5, "e={e}: {got} vs {want}");
         }
-        let zero = weighted_cross_entropy(dev.tensor_from_vec(l, (rows, vocab)), &t, &[0.0; 4], &LossOptions::default());
+        let zero = weighted_cross_entropy(
+            dev.tensor_from_vec(l, (rows, vocab)),
+            &t,
+            &[0.0; 4],
+            &LossOptions::default(),
+        );
         assert_eq!(zero.array(), 0.0);
     }
 }

@@ -25,7 +25,13 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.01, decay_vectors: true }
+        AdamWConfig {
+            lr: 1e-3,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.01,
+            decay_vectors: true,
+        }
     }
 }
 
@@ -39,7 +45,12 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(cfg: AdamWConfig) -> Self {
-        AdamW { cfg, step: 0, m1: Gradients::leaky(), m2: Gradients::leaky() }
+        AdamW {
+            cfg,
+            step: 0,
+            m1: Gradients::leaky(),
+            m2: Gradients::leaky(),
+        }
     }
 
     pub fn steps(&self) -> i32 {
@@ -55,7 +66,8 @@ impl AdamW {
             lr: self.cfg.lr,
             betas: self.cfg.betas,
             eps: self.cfg.eps,
-            weight_decay: (decay && self.cfg.weight_decay != 0.0).then_some(WeightDecay::Decoupled(self.cfg.weight_decay)),
+            weight_decay: (decay && self.cfg.weight_decay != 0.0)
+                .then_some(WeightDecay::Decoupled(self.cfg.weight_decay)),
         };
         let (with, without) = (adam(true), adam(self.cfg.decay_vectors));
         let (m1, m2) = (&mut self.m1, &mut self.m2);
@@ -73,7 +85,8 @@ fn write_buffer(buf: &mut <Dev as Storage<f32>>::Vec, data: &[f32]) {
     #[cfg(feature = "cuda")]
     {
         let dev = buf.device();
-        dev.htod_sync_copy_into(data, &mut **buf).expect("copy to the GPU");
+        dev.htod_sync_copy_into(data, &mut **buf)
+            .expect("copy to the GPU");
     }
 }
 
@@ -145,12 +158,22 @@ impl AdamW {
         });
         let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
             .iter()
-            .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).expect("view")))
+            .map(|(n, s, d)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                        .expect("view"),
+                )
+            })
             .collect();
         let meta: HashMap<String, String> = [("step".to_string(), self.step.to_string())].into();
         let tmp = path.with_extension("tmp");
-        safetensors::serialize_to_file(views, &Some(meta), &tmp)
-            .map_err(|e| ModelError::Safetensors { path: tmp.clone(), message: e.to_string() })?;
+        safetensors::serialize_to_file(views, &Some(meta), &tmp).map_err(|e| {
+            ModelError::Safetensors {
+                path: tmp.clone(),
+                message: e.to_string(),
+            }
+        })?;
         std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
     }
 
@@ -158,16 +181,24 @@ impl AdamW {
     /// misshapen moment.
     pub fn load_state<M: Params>(&mut self, model: &mut M, path: &Path) -> Result<()> {
         let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
-        let (_, meta) = SafeTensors::read_metadata(&bytes)
-            .map_err(|e| ModelError::Safetensors { path: path.to_owned(), message: e.to_string() })?;
+        let (_, meta) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| ModelError::Safetensors {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
         let step = meta
             .metadata()
             .as_ref()
             .and_then(|m| m.get("step"))
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| ModelError::Safetensors { path: path.to_owned(), message: "no `step` metadata".into() })?;
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| ModelError::Safetensors { path: path.to_owned(), message: e.to_string() })?;
+            .ok_or_else(|| ModelError::Safetensors {
+                path: path.to_owned(),
+                message: "no `step` metadata".into(),
+            })?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Safetensors {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         let (m1, m2) = (&mut self.m1, &mut self.m2);
         let mut result = Ok(());
         model.visit_mut("", &mut |name, p| {
@@ -176,11 +207,20 @@ impl AdamW {
             }
             let shape = p.shape();
             let read = |key: String| -> Result<Vec<f32>> {
-                let v = st.tensor(&key).map_err(|_| ModelError::MissingTensor { name: key.clone() })?;
+                let v = st
+                    .tensor(&key)
+                    .map_err(|_| ModelError::MissingTensor { name: key.clone() })?;
                 if v.shape() != shape.as_slice() {
-                    return Err(ModelError::ShapeMismatch { name: key, expected: shape.clone(), found: v.shape().to_vec() });
+                    return Err(ModelError::ShapeMismatch {
+                        name: key,
+                        expected: shape.clone(),
+                        found: v.shape().to_vec(),
+                    });
                 }
-                Ok(v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+                Ok(v.data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect())
             };
             result = (|| {
                 let (a, b) = (read(format!("m1.{name}"))?, read(format!("m2.{name}"))?);
@@ -203,7 +243,14 @@ impl AdamW {
     }
 }
 
-fn step<S: Shape>(cfg: &AdamConfig, t: i32, p: &mut Tensor<S, f32, Dev>, m1: &mut Gradients, m2: &mut Gradients, grads: &mut Gradients) {
+fn step<S: Shape>(
+    cfg: &AdamConfig,
+    t: i32,
+    p: &mut Tensor<S, f32, Dev>,
+    m1: &mut Gradients,
+    m2: &mut Gradients,
+    grads: &mut Gradients,
+) {
     let a = m1.get_or_alloc_mut(p).expect("alloc moment");
     let b = m2.get_or_alloc_mut(p).expect("alloc moment");
     let g = grads.get_or_alloc_mut(p).expect("alloc grad");
@@ -230,7 +277,11 @@ mod tests {
         let reported = clip_grad_norm(&mut m, &mut g, before / 4.0);
         assert!((reported - before).abs() < 1e-4 * before);
         let after = grad_norm(&mut m, &mut g);
-        assert!((after - before / 4.0).abs() < 1e-3 * before, "{after} vs {}", before / 4.0);
+        assert!(
+            (after - before / 4.0).abs() < 1e-3 * before,
+            "{after} vs {}",
+            before / 4.0
+        );
     }
 
     /// Training resumed from saved weights and optimiser state follows the same path.
@@ -240,7 +291,10 @@ mod tests {
         let dev = crate::device();
         let batch = input(&cfg);
         let opts = Default::default();
-        let acfg = AdamWConfig { lr: 1e-2, ..Default::default() };
+        let acfg = AdamWConfig {
+            lr: 1e-2,
+            ..Default::default()
+        };
         let mut a = PaliGemma::new(&cfg, &dev, 1).unwrap();
         let mut opt_a = AdamW::new(acfg.clone());
         for _ in 0..3 {
@@ -249,10 +303,14 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         crate::checkpoint::save(&a, dir.path(), &Default::default()).unwrap();
-        opt_a.save_state(&mut a, &dir.path().join("optimizer.safetensors")).unwrap();
+        opt_a
+            .save_state(&mut a, &dir.path().join("optimizer.safetensors"))
+            .unwrap();
         let mut b = crate::checkpoint::load(dir.path(), &dev).unwrap();
         let mut opt_b = AdamW::new(acfg);
-        opt_b.load_state(&mut b, &dir.path().join("optimizer.safetensors")).unwrap();
+        opt_b
+            .load_state(&mut b, &dir.path().join("optimizer.safetensors"))
+            .unwrap();
         assert_eq!(opt_b.steps(), 3);
         for _ in 0..2 {
             for (m, o) in [(&mut a, &mut opt_a), (&mut b, &mut opt_b)] {
@@ -265,7 +323,10 @@ mod tests {
         assert_eq!(la, lb);
         // a fresh optimiser (no state) diverges: the test can tell the difference
         let mut c = crate::checkpoint::load(dir.path(), &dev).unwrap();
-        let mut opt_c = AdamW::new(AdamWConfig { lr: 1e-2, ..Default::default() });
+        let mut opt_c = AdamW::new(AdamWConfig {
+            lr: 1e-2,
+            ..Default::default()
+        });
         for _ in 0..2 {
             let (_, mut g) = c.loss_and_grads(&batch, &opts).unwrap();
             opt_c.update(&mut c, &mut g);

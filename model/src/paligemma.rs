@@ -69,13 +69,18 @@ pub struct PaliGemma {
 impl Params for PaliGemma {
     fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, ParamRef<'a>)) {
         self.vision_tower.visit(&join(prefix, "vision_tower"), f);
-        self.multi_modal_projector.visit(&join(prefix, "multi_modal_projector"), f);
-        self.language_model.visit(&join(prefix, "language_model.model"), f);
+        self.multi_modal_projector
+            .visit(&join(prefix, "multi_modal_projector"), f);
+        self.language_model
+            .visit(&join(prefix, "language_model.model"), f);
     }
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, ParamMut<'_>)) {
-        self.vision_tower.visit_mut(&join(prefix, "vision_tower"), f);
-        self.multi_modal_projector.visit_mut(&join(prefix, "multi_modal_projector"), f);
-        self.language_model.visit_mut(&join(prefix, "language_model.model"), f);
+        self.vision_tower
+            .visit_mut(&join(prefix, "vision_tower"), f);
+        self.multi_modal_projector
+            .visit_mut(&join(prefix, "multi_modal_projector"), f);
+        self.language_model
+            .visit_mut(&join(prefix, "language_model.model"), f);
     }
 }
 
@@ -84,25 +89,40 @@ impl PaliGemma {
     pub fn new(cfg: &PaliGemmaConfig, dev: &Dev, seed: u64) -> Result<Self> {
         cfg.validate()?;
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut init = Init { dev, rng: &mut rng, std: 0.02 };
+        let mut init = Init {
+            dev,
+            rng: &mut rng,
+            std: 0.02,
+        };
         let vision_tower = SiglipVision::init(&mut init, &cfg.vision);
         let (vd, td) = (cfg.vision.hidden_size, cfg.text.hidden_size);
         let multi_modal_projector = match cfg.connector {
-            Connector::Linear => Projector { first: Linear::init(&mut init, vd, td, true), second: None },
+            Connector::Linear => Projector {
+                first: Linear::init(&mut init, vd, td, true),
+                second: None,
+            },
             Connector::Mlp => Projector {
                 first: Linear::init(&mut init, vd, td, true),
                 second: Some(Linear::init(&mut init, td, td, true)),
             },
         };
         let language_model = Gemma::init(&mut init, &cfg.text);
-        Ok(PaliGemma { cfg: cfg.clone(), dev: dev.clone(), vision_tower, multi_modal_projector, language_model })
+        Ok(PaliGemma {
+            cfg: cfg.clone(),
+            dev: dev.clone(),
+            vision_tower,
+            multi_modal_projector,
+            language_model,
+        })
     }
 
     /// Projected image features, `[n_images * num_image_tokens, text hidden]`.
     pub fn image_features<T: Tape<f32, Dev>>(&self, pixels: &[f32], n_images: usize) -> Matrix<T> {
         let patches = self.vision_tower.patchify(pixels, n_images);
         let rows = patches.len() / self.cfg.vision.patch_dim();
-        let patches = self.dev.tensor_from_vec(patches, (rows, self.cfg.vision.patch_dim()));
+        let patches = self
+            .dev
+            .tensor_from_vec(patches, (rows, self.cfg.vision.patch_dim()));
         let v = self.vision_tower.forward(patches.retaped::<T>(), n_images);
         self.multi_modal_projector.forward(v)
     }
@@ -118,14 +138,24 @@ impl PaliGemma {
         let feats = self.image_features::<T>(&input.pixels, input.n_images);
         let mut idx = vec![0usize; n];
         let mut is_img = vec![0f32; n];
-        for (f, p) in input.image_positions(self.cfg.num_image_tokens()).into_iter().enumerate() {
+        for (f, p) in input
+            .image_positions(self.cfg.num_image_tokens())
+            .into_iter()
+            .enumerate()
+        {
             idx[p] = f;
             is_img[p] = 1.0;
         }
         let keep: Vec<f32> = is_img.iter().map(|&m| 1.0 - m).collect();
         let s = *x.shape();
-        let keep = self.dev.tensor_from_vec(keep, (n,)).broadcast_like::<_, Axis<1>>(&s);
-        let is_img = self.dev.tensor_from_vec(is_img, (n,)).broadcast_like::<_, Axis<1>>(&s);
+        let keep = self
+            .dev
+            .tensor_from_vec(keep, (n,))
+            .broadcast_like::<_, Axis<1>>(&s);
+        let is_img = self
+            .dev
+            .tensor_from_vec(is_img, (n,))
+            .broadcast_like::<_, Axis<1>>(&s);
         let placed = feats.gather(self.dev.tensor_from_vec(idx, (n,)));
         x * keep + placed * is_img
     }
@@ -134,7 +164,13 @@ impl PaliGemma {
     pub fn hidden<T: Tape<f32, Dev>>(&self, input: &ModelInput) -> Matrix<T> {
         let (b, l) = (input.batch, input.len);
         let x = self.input_embeddings::<T>(input);
-        let mask = additive_mask(&self.dev, &allowed(b, l, &input.segment_ids, &input.causal), b, l, l);
+        let mask = additive_mask(
+            &self.dev,
+            &allowed(b, l, &input.segment_ids, &input.causal),
+            b,
+            l,
+            l,
+        );
         let t = &self.cfg.text;
         let rope = Rope::new(&self.dev, &input.positions, t.head_dim, t.rope_theta);
         self.language_model.forward(x, b, &rope, &mask, None)
@@ -147,10 +183,16 @@ impl PaliGemma {
 
     /// Weighted next-token cross-entropy (sum of weighted losses / sum of weights). Logits are
     /// computed only at positions whose weight is non-zero.
-    pub fn loss<T: Tape<f32, Dev>>(&self, input: &ModelInput, opts: &LossOptions) -> Tensor<Rank0, f32, Dev, T> {
+    pub fn loss<T: Tape<f32, Dev>>(
+        &self,
+        input: &ModelInput,
+        opts: &LossOptions,
+    ) -> Tensor<Rank0, f32, Dev, T> {
         let h = self.hidden::<T>(input);
         let targets = input.targets();
-        let mut rows: Vec<usize> = (0..targets.len()).filter(|&i| input.loss_weights[i] != 0.0).collect();
+        let mut rows: Vec<usize> = (0..targets.len())
+            .filter(|&i| input.loss_weights[i] != 0.0)
+            .collect();
         if rows.is_empty() {
             rows.push(0); // weight 0: loss 0, zero gradients, and the tape stays connected
         }
@@ -162,7 +204,11 @@ impl PaliGemma {
     }
 
     /// Loss value and the gradients of every parameter (`ParamRef::grad`).
-    pub fn loss_and_grads(&self, input: &ModelInput, opts: &LossOptions) -> Result<(f32, Gradients)> {
+    pub fn loss_and_grads(
+        &self,
+        input: &ModelInput,
+        opts: &LossOptions,
+    ) -> Result<(f32, Gradients)> {
         input.validate(&self.cfg)?;
         let loss = self.loss::<TrainTape>(input, opts);
         let value = loss.array();
@@ -175,15 +221,27 @@ impl PaliGemma {
         input.validate(&self.cfg)?;
         let h = self.hidden::<NoneTape>(input);
         let targets = input.targets();
-        let rows: Vec<usize> = (0..targets.len()).filter(|&i| input.loss_weights[i] != 0.0).collect();
+        let rows: Vec<usize> = (0..targets.len())
+            .filter(|&i| input.loss_weights[i] != 0.0)
+            .collect();
         let mut out = vec![0.0; targets.len()];
         if rows.is_empty() {
             return Ok(out);
         }
         let m = rows.len();
         let idx = self.dev.tensor_from_vec(rows.clone(), (m,));
-        let t = self.dev.tensor_from_vec(rows.iter().map(|&i| targets[i] as usize).collect::<Vec<_>>(), (m,));
-        let lp = self.language_model.lm_head(h.gather(idx)).log_softmax::<Axis<1>>().select(t).as_vec();
+        let t = self.dev.tensor_from_vec(
+            rows.iter()
+                .map(|&i| targets[i] as usize)
+                .collect::<Vec<_>>(),
+            (m,),
+        );
+        let lp = self
+            .language_model
+            .lm_head(h.gather(idx))
+            .log_softmax::<Axis<1>>()
+            .select(t)
+            .as_vec();
         for (k, &i) in rows.iter().enumerate() {
             out[i] = -lp[k];
         }

@@ -98,9 +98,17 @@ impl SiglipVision {
     /// Cuts `[n_images, C, R, R]` pixels into `[n_images * patches, C * p * p]` rows: patches in
     /// row-major (y, x) order, each flattened as (channel, dy, dx) like the conv weight.
     pub fn patchify(&self, pixels: &[f32], n_images: usize) -> Vec<f32> {
-        let (c, r, p) = (self.cfg.num_channels, self.cfg.image_size, self.cfg.patch_size);
+        let (c, r, p) = (
+            self.cfg.num_channels,
+            self.cfg.image_size,
+            self.cfg.patch_size,
+        );
         let g = r / p;
-        assert_eq!(pixels.len(), n_images * c * r * r, "pixels: expected [n, {c}, {r}, {r}]");
+        assert_eq!(
+            pixels.len(),
+            n_images * c * r * r,
+            "pixels: expected [n, {c}, {r}, {r}]"
+        );
         let mut out = Vec::with_capacity(pixels.len());
         for n in 0..n_images {
             for gy in 0..g {
@@ -122,7 +130,11 @@ impl SiglipVision {
         let (np, d) = (self.cfg.num_patches(), self.cfg.hidden_size);
         let x = self.embeddings.patch_embedding.forward(patches);
         let s = (n_images, np, d);
-        let pos = self.embeddings.position_embedding.retaped::<T>().broadcast_like::<_, Axis<0>>(&s);
+        let pos = self
+            .embeddings
+            .position_embedding
+            .retaped::<T>()
+            .broadcast_like::<_, Axis<0>>(&s);
         let mut x = (x.reshape_like(&s) + pos).reshape_like(&(n_images * np, d));
         for layer in &self.layers {
             x = self.layer(layer, x, n_images);
@@ -130,7 +142,12 @@ impl SiglipVision {
         self.post_layernorm.forward(x)
     }
 
-    fn layer<T: Tape<f32, Dev>>(&self, l: &SiglipLayer, x: Matrix<T>, n_images: usize) -> Matrix<T> {
+    fn layer<T: Tape<f32, Dev>>(
+        &self,
+        l: &SiglipLayer,
+        x: Matrix<T>,
+        n_images: usize,
+    ) -> Matrix<T> {
         let np = self.cfg.num_patches();
         let nh = self.cfg.num_attention_heads;
         let h = l.layer_norm1.forward(x.retaped::<T>());

@@ -12,12 +12,12 @@ use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal};
 use serde_json::{Value, json};
 
+use crate::Dev;
 use crate::checkpoint::{LoadPlan, load_planned};
 use crate::config::{Connector, PaliGemmaConfig};
 use crate::error::{ModelError, Result};
 use crate::layers::{ParamMut, Params};
 use crate::paligemma::PaliGemma;
-use crate::Dev;
 
 /// Options of [`assemble`].
 #[derive(Clone, Debug)]
@@ -67,12 +67,20 @@ pub struct Vocabulary {
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.to_owned(), source: e })
+    serde_json::from_str(&text).map_err(|e| ModelError::Json {
+        path: path.to_owned(),
+        source: e,
+    })
 }
 
 /// Builds a PaliGemma from `siglip_dir` (a SigLIP or SigLIP-vision checkpoint folder) and
 /// `gemma_dir` (a Gemma causal-LM folder).
-pub fn assemble(siglip_dir: &Path, gemma_dir: &Path, opts: &Stage0Options, dev: &Dev) -> Result<(PaliGemma, Vocabulary)> {
+pub fn assemble(
+    siglip_dir: &Path,
+    gemma_dir: &Path,
+    opts: &Stage0Options,
+    dev: &Dev,
+) -> Result<(PaliGemma, Vocabulary)> {
     let sc = read_json(&siglip_dir.join("config.json"))?;
     let mut vc = sc.get("vision_config").cloned().unwrap_or(sc.clone());
     vc["vision_use_head"] = json!(false);
@@ -81,9 +89,15 @@ pub fn assemble(siglip_dir: &Path, gemma_dir: &Path, opts: &Stage0Options, dev: 
         vc["image_size"] = json!(size);
     }
     let mut tc = read_json(&gemma_dir.join("config.json"))?;
-    let base = tc.get("vocab_size").and_then(Value::as_u64).ok_or_else(|| {
-        ModelError::Config(format!("{}: no vocab_size", gemma_dir.join("config.json").display()))
-    })? as usize;
+    let base = tc
+        .get("vocab_size")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| {
+            ModelError::Config(format!(
+                "{}: no vocab_size",
+                gemma_dir.join("config.json").display()
+            ))
+        })? as usize;
     let loc_start = base as u32;
     let seg_start = loc_start + opts.loc_tokens as u32;
     let image_token_id = seg_start + opts.seg_tokens as u32;
@@ -119,7 +133,11 @@ pub fn assemble(siglip_dir: &Path, gemma_dir: &Path, opts: &Stage0Options, dev: 
             if n == "lm_head.weight" {
                 return None;
             }
-            Some(format!("language_model.{}", n.strip_prefix("model.").map_or(n.to_string(), |r| format!("model.{r}"))))
+            Some(format!(
+                "language_model.{}",
+                n.strip_prefix("model.")
+                    .map_or(n.to_string(), |r| format!("model.{r}"))
+            ))
         },
         optional: &|n: &str| !n.starts_with("language_model."),
         resize_position_embedding: false,
@@ -129,15 +147,34 @@ pub fn assemble(siglip_dir: &Path, gemma_dir: &Path, opts: &Stage0Options, dev: 
 
     // new token rows: N(0, std^2); projector: zero
     let mut rng = StdRng::seed_from_u64(opts.seed ^ 0x5eed);
-    let normal = Normal::new(0.0f32, opts.new_token_std).map_err(|e| ModelError::Config(e.to_string()))?;
+    let normal =
+        Normal::new(0.0f32, opts.new_token_std).map_err(|e| ModelError::Config(e.to_string()))?;
     let h = cfg.text.hidden_size;
     let mut emb = model.language_model.embed_tokens.as_vec();
-    emb[base * h..].iter_mut().for_each(|x| *x = normal.sample(&mut rng));
+    emb[base * h..]
+        .iter_mut()
+        .for_each(|x| *x = normal.sample(&mut rng));
     model.language_model.embed_tokens.copy_from(&emb);
-    model.multi_modal_projector.visit_mut("", &mut |_, mut p: ParamMut<'_>| {
-        let n = p.shape().iter().product();
-        p.copy_from(&vec![0.0; n]);
-    });
-    tracing::info!(base, vocab_size, image_token_id, "assembled a Stage 0 PaliGemma");
-    Ok((model, Vocabulary { base, loc_start, seg_start, image_token_id, vocab_size }))
+    model
+        .multi_modal_projector
+        .visit_mut("", &mut |_, mut p: ParamMut<'_>| {
+            let n = p.shape().iter().product();
+            p.copy_from(&vec![0.0; n]);
+        });
+    tracing::info!(
+        base,
+        vocab_size,
+        image_token_id,
+        "assembled a Stage 0 PaliGemma"
+    );
+    Ok((
+        model,
+        Vocabulary {
+            base,
+            loc_start,
+            seg_start,
+            image_token_id,
+            vocab_size,
+        },
+    ))
 }

@@ -17,22 +17,49 @@ fn save_then_load_gives_identical_logits_in_both_layouts() {
     let input = fixture_input(&fx);
     let m = tiny_model();
     let want = m.predict_logits(&input).unwrap();
-    for (layout, shard) in [(NameLayout::Transformers5, None), (NameLayout::Hub, Some(100_000)), (NameLayout::Hub, None)] {
+    for (layout, shard) in [
+        (NameLayout::Transformers5, None),
+        (NameLayout::Hub, Some(100_000)),
+        (NameLayout::Hub, None),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        checkpoint::save(&m, dir.path(), &SaveOptions { layout, max_shard_bytes: shard }).unwrap();
+        checkpoint::save(
+            &m,
+            dir.path(),
+            &SaveOptions {
+                layout,
+                max_shard_bytes: shard,
+            },
+        )
+        .unwrap();
         let files = checkpoint::weight_files(dir.path()).unwrap();
         if shard.is_some() {
             assert!(files.len() > 1, "expected several shards, got {files:?}");
         }
         // the stored names are the layout's, and the tied lm_head is not stored
         let bytes = std::fs::read(&files[0]).unwrap();
-        let names: Vec<String> = SafeTensors::deserialize(&bytes).unwrap().names().into_iter().cloned().collect();
+        let names: Vec<String> = SafeTensors::deserialize(&bytes)
+            .unwrap()
+            .names()
+            .into_iter()
+            .cloned()
+            .collect();
         assert!(!names.iter().any(|n| n.contains("lm_head")));
-        let hub = names.iter().any(|n| n.starts_with("vision_tower.vision_model."));
-        assert_eq!(hub, layout == NameLayout::Hub || !names.iter().any(|n| n.starts_with("vision_tower.")), "{names:?}");
+        let hub = names
+            .iter()
+            .any(|n| n.starts_with("vision_tower.vision_model."));
+        assert_eq!(
+            hub,
+            layout == NameLayout::Hub || !names.iter().any(|n| n.starts_with("vision_tower.")),
+            "{names:?}"
+        );
         let back = checkpoint::load(dir.path(), &model::device()).unwrap();
         assert_eq!(back.cfg, m.cfg);
-        assert_eq!(back.predict_logits(&input).unwrap(), want, "{layout:?} {shard:?}");
+        assert_eq!(
+            back.predict_logits(&input).unwrap(),
+            want,
+            "{layout:?} {shard:?}"
+        );
     }
 }
 
@@ -40,14 +67,23 @@ fn save_then_load_gives_identical_logits_in_both_layouts() {
 fn fixture_tensors() -> Vec<(String, Vec<usize>, Vec<u8>)> {
     let bytes = std::fs::read(fixture_dir().join("model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec())).collect()
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
+        .collect()
 }
 
 fn load_edited(tensors: Vec<(String, Vec<usize>, Vec<u8>)>) -> Result<PaliGemma, ModelError> {
     let dir = tempfile::tempdir().unwrap();
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap()))
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                    .unwrap(),
+            )
+        })
         .collect();
     let path = dir.path().join("model.safetensors");
     safetensors::serialize_to_file(views, &None::<HashMap<String, String>>, &path).unwrap();
@@ -58,26 +94,50 @@ fn load_edited(tensors: Vec<(String, Vec<usize>, Vec<u8>)>) -> Result<PaliGemma,
 #[test]
 fn missing_extra_and_misshapen_tensors_are_named() {
     let name = "language_model.model.layers.1.mlp.up_proj.weight";
-    let t: Vec<_> = fixture_tensors().into_iter().filter(|(n, _, _)| n != name).collect();
+    let t: Vec<_> = fixture_tensors()
+        .into_iter()
+        .filter(|(n, _, _)| n != name)
+        .collect();
     let e = load_edited(t).unwrap_err();
-    assert!(matches!(&e, ModelError::MissingTensor { name: n } if n == name), "{e}");
+    assert!(
+        matches!(&e, ModelError::MissingTensor { name: n } if n == name),
+        "{e}"
+    );
     assert!(e.to_string().contains(name));
 
     let mut t = fixture_tensors();
-    t.push(("vision_tower.encoder.layers.7.mlp.fc1.bias".into(), vec![1], vec![0; 4]));
+    t.push((
+        "vision_tower.encoder.layers.7.mlp.fc1.bias".into(),
+        vec![1],
+        vec![0; 4],
+    ));
     let e = load_edited(t).unwrap_err();
-    assert!(e.to_string().contains("vision_tower.encoder.layers.7.mlp.fc1.bias"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("vision_tower.encoder.layers.7.mlp.fc1.bias"),
+        "{e}"
+    );
 
     let mut t = fixture_tensors();
-    let bad = t.iter_mut().find(|(n, _, _)| n == "multi_modal_projector.linear.bias").unwrap();
+    let bad = t
+        .iter_mut()
+        .find(|(n, _, _)| n == "multi_modal_projector.linear.bias")
+        .unwrap();
     bad.1 = vec![32];
     bad.2.truncate(32 * 4);
     let e = load_edited(t).unwrap_err();
-    assert!(matches!(&e, ModelError::ShapeMismatch { name, .. } if name == "multi_modal_projector.linear.bias"), "{e}");
+    assert!(
+        matches!(&e, ModelError::ShapeMismatch { name, .. } if name == "multi_modal_projector.linear.bias"),
+        "{e}"
+    );
 
     // a stored lm_head (tied) is accepted and ignored
     let mut t = fixture_tensors();
-    let emb = t.iter().find(|(n, _, _)| n == "language_model.model.embed_tokens.weight").unwrap().clone();
+    let emb = t
+        .iter()
+        .find(|(n, _, _)| n == "language_model.model.embed_tokens.weight")
+        .unwrap()
+        .clone();
     t.push(("lm_head.weight".into(), emb.1, emb.2));
     load_edited(t).unwrap();
 }
@@ -90,8 +150,16 @@ fn loading_at_another_resolution_resamples_the_position_embedding() {
     let big = checkpoint::load_at_resolution(dir.path(), &model::device(), 112).unwrap();
     assert_eq!(big.cfg.vision.image_size, 112);
     assert_eq!(big.cfg.num_image_tokens(), 64);
-    let want = checkpoint::resize_grid(&m.vision_tower.embeddings.position_embedding.as_vec(), 4, 8, 32);
-    assert_eq!(big.vision_tower.embeddings.position_embedding.as_vec(), want);
+    let want = checkpoint::resize_grid(
+        &m.vision_tower.embeddings.position_embedding.as_vec(),
+        4,
+        8,
+        32,
+    );
+    assert_eq!(
+        big.vision_tower.embeddings.position_embedding.as_vec(),
+        want
+    );
     // loading it without resizing is a named shape error
     let mut strict = PaliGemma::new(&big.cfg, &model::device(), 0).unwrap();
     let e = checkpoint::load_weights(&mut strict, dir.path()).unwrap_err();
@@ -125,16 +193,28 @@ fn bf16_and_f16_checkpoints_load_rounded() {
         let dir = tempfile::tempdir().unwrap();
         let views: Vec<(String, safetensors::tensor::TensorView)> = data
             .iter()
-            .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(dtype, s.clone(), d).unwrap()))
+            .map(|(n, s, d)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(dtype, s.clone(), d).unwrap(),
+                )
+            })
             .collect();
         let path = dir.path().join("model.safetensors");
         safetensors::serialize_to_file(views, &None::<HashMap<String, String>>, &path).unwrap();
         let mut h = PaliGemma::new(&PaliGemmaConfig::tiny(), &model::device(), 3).unwrap();
         checkpoint::load_weights(&mut h, &path).unwrap();
-        let rel = if dtype == safetensors::Dtype::BF16 { 1.0 / 128.0 } else { 1.0 / 1024.0 };
+        let rel = if dtype == safetensors::Dtype::BF16 {
+            1.0 / 128.0
+        } else {
+            1.0 / 1024.0
+        };
         for ((n, a), (_, b)) in m.named_params().iter().zip(h.named_params().iter()) {
             for (x, y) in a.to_vec().iter().zip(b.to_vec()) {
-                assert!((x - y).abs() <= rel * x.abs() + 1e-7, "{dtype:?} {n}: {x} vs {y}");
+                assert!(
+                    (x - y).abs() <= rel * x.abs() + 1e-7,
+                    "{dtype:?} {n}: {x} vs {y}"
+                );
             }
         }
     }
@@ -154,7 +234,10 @@ fn the_mlp_connector_saves_and_loads() {
     checkpoint::save(&m, dir.path(), &SaveOptions::default()).unwrap();
     let back = checkpoint::load(dir.path(), &model::device()).unwrap();
     assert_eq!(back.cfg.connector, model::config::Connector::Mlp);
-    assert_eq!(back.predict_logits(&input).unwrap(), m.predict_logits(&input).unwrap());
+    assert_eq!(
+        back.predict_logits(&input).unwrap(),
+        m.predict_logits(&input).unwrap()
+    );
     // a linear-connector model cannot silently load it
     let mut lin = PaliGemma::new(&PaliGemmaConfig::tiny(), &model::device(), 0).unwrap();
     assert!(checkpoint::load_weights(&mut lin, dir.path()).is_err());

@@ -16,7 +16,11 @@ fn mask_matches_transformers_prefix_lm_mask() {
     let a = allowed(input.batch, input.len, &input.segment_ids, &input.causal);
     let want = &fx["attn_mask_allowed"].data;
     assert_eq!(a.len(), want.len());
-    let bad = a.iter().zip(want).filter(|(x, y)| (**x as u8 as f64) != **y).count();
+    let bad = a
+        .iter()
+        .zip(want)
+        .filter(|(x, y)| (**x as u8 as f64) != **y)
+        .count();
     assert_eq!(bad, 0, "{bad} mask entries differ");
 }
 
@@ -25,7 +29,9 @@ fn activations_and_logits_match() {
     let fx = read_all("fixture.safetensors");
     let m = tiny_model();
     let input = fixture_input(&fx);
-    let feats = m.image_features::<NoneTape>(&input.pixels, input.n_images).as_vec();
+    let feats = m
+        .image_features::<NoneTape>(&input.pixels, input.n_images)
+        .as_vec();
     let d = max_abs_diff(&feats, &fx["act.image_features"].data);
     println!("image_features max|diff| = {d:.3e}");
     assert!(d < 1e-5, "image features differ by {d}");
@@ -60,19 +66,29 @@ fn loss_and_all_gradients_match() {
         let d = max_abs_diff(&g, &w.data);
         // relative to the largest entry; analytically-zero gradients (vision k_proj.bias) are
         // rounding noise near 1e-8 and compared absolutely
-        assert!(d <= 1e-6 + 1e-4 * scale, "{name}: max|diff| {d:.3e}, max|g| {scale:.3e}");
+        assert!(
+            d <= 1e-6 + 1e-4 * scale,
+            "{name}: max|diff| {d:.3e}, max|g| {scale:.3e}"
+        );
         if scale > 1e-6 && d / scale > worst.0 {
             worst = (d / scale, name.clone());
         }
     }
-    println!("worst relative gradient difference {:.3e} ({})", worst.0, worst.1);
+    println!(
+        "worst relative gradient difference {:.3e} ({})",
+        worst.0, worst.1
+    );
 }
 
 #[test]
 fn both_name_layouts_load_the_same_parameters() {
     let m = tiny_model();
     let mut hub = model::PaliGemma::new(&PaliGemmaConfig::tiny(), &model::device(), 1).unwrap();
-    model::checkpoint::load_weights(&mut hub, &fixture_dir().join("model_hub_layout.safetensors")).unwrap();
+    model::checkpoint::load_weights(
+        &mut hub,
+        &fixture_dir().join("model_hub_layout.safetensors"),
+    )
+    .unwrap();
     for ((n, a), (_, b)) in m.named_params().iter().zip(hub.named_params().iter()) {
         assert_eq!(a.to_vec(), b.to_vec(), "{n}");
     }
@@ -108,7 +124,11 @@ fn token_losses_average_to_the_loss() {
     let per = m.token_losses(&input).unwrap();
     let n = input.loss_weights.iter().filter(|&&w| w != 0.0).count();
     assert_eq!(n, 8);
-    assert!(per.iter().zip(&input.loss_weights).all(|(l, w)| (*w == 0.0) == (*l == 0.0)));
+    assert!(
+        per.iter()
+            .zip(&input.loss_weights)
+            .all(|(l, w)| (*w == 0.0) == (*l == 0.0))
+    );
     let mean = per.iter().sum::<f32>() / n as f32;
     assert!((mean as f64 - fx["loss"].data[0]).abs() < 1e-5, "{mean}");
 }
@@ -121,8 +141,20 @@ fn packed_examples_match_the_unpacked_oracle() {
     let m = tiny_model();
     let alone = fixture_input(&fx);
     let l = alone.len;
-    let real: Vec<usize> = (0..2).map(|b| (0..l).filter(|&t| alone.segment_ids[b * l + t] != 0).count()).collect();
-    let mut p = model::ModelInput { batch: 1, len: real[0] + real[1], n_images: 2, pixels: alone.pixels.clone(), ..Default::default() };
+    let real: Vec<usize> = (0..2)
+        .map(|b| {
+            (0..l)
+                .filter(|&t| alone.segment_ids[b * l + t] != 0)
+                .count()
+        })
+        .collect();
+    let mut p = model::ModelInput {
+        batch: 1,
+        len: real[0] + real[1],
+        n_images: 2,
+        pixels: alone.pixels.clone(),
+        ..Default::default()
+    };
     for (b, &n) in real.iter().enumerate() {
         let start = p.tokens.len();
         p.image_slots.push((0, start));
@@ -152,6 +184,8 @@ fn packed_examples_match_the_unpacked_oracle() {
     println!("packed vs oracle max|diff| = {worst:.3e}");
     assert!(worst < 1e-4, "packed logits differ by {worst}");
     // and the loss over the packed row equals the oracle's (same 8 targets)
-    let (loss, _) = m.loss_and_grads(&p, &model::LossOptions::default()).unwrap();
+    let (loss, _) = m
+        .loss_and_grads(&p, &model::LossOptions::default())
+        .unwrap();
     assert!((loss as f64 - fx["loss"].data[0]).abs() < 1e-5, "{loss}");
 }

@@ -24,8 +24,16 @@ fn expected() -> std::collections::HashMap<String, (Vec<usize>, Vec<f64>)> {
         .into_iter()
         .map(|(n, v)| {
             let d: Vec<f64> = match v.dtype() {
-                safetensors::Dtype::F32 => v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-                safetensors::Dtype::I64 => v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+                safetensors::Dtype::F32 => v
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                safetensors::Dtype::I64 => v
+                    .data()
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
                 d => panic!("{d:?}"),
             };
             (n, (v.shape().to_vec(), d))
@@ -51,8 +59,23 @@ fn text_logits(m: &PaliGemma, ids: &[u32]) -> Vec<f32> {
 #[test]
 fn assembles_siglip_and_gemma_into_a_paligemma() {
     let dev = model::device();
-    let (m, vocab) = assemble(&dir().join("siglip"), &dir().join("gemma"), &Stage0Options::default(), &dev).unwrap();
-    assert_eq!(vocab, Vocabulary { base: 256, loc_start: 256, seg_start: 1280, image_token_id: 1408, vocab_size: 1472 });
+    let (m, vocab) = assemble(
+        &dir().join("siglip"),
+        &dir().join("gemma"),
+        &Stage0Options::default(),
+        &dev,
+    )
+    .unwrap();
+    assert_eq!(
+        vocab,
+        Vocabulary {
+            base: 256,
+            loc_start: 256,
+            seg_start: 1280,
+            image_token_id: 1408,
+            vocab_size: 1472
+        }
+    );
     assert_eq!(m.cfg.text.vocab_size, 1472);
     assert_eq!(m.cfg.image_token_id, 1408);
     let ex = expected();
@@ -61,11 +84,22 @@ fn assembles_siglip_and_gemma_into_a_paligemma() {
     let px: Vec<f32> = ex["pixel_values"].1.iter().map(|&x| x as f32).collect();
     let patches = m.vision_tower.patchify(&px, 2);
     let rows = patches.len() / m.cfg.vision.patch_dim();
-    let vis = m.vision_tower.forward(dev.tensor_from_vec(patches, (rows, m.cfg.vision.patch_dim())), 2).as_vec();
+    let vis = m
+        .vision_tower
+        .forward(
+            dev.tensor_from_vec(patches, (rows, m.cfg.vision.patch_dim())),
+            2,
+        )
+        .as_vec();
     let d = common::max_abs_diff(&vis, &ex["vision_last_hidden_state"].1);
     assert!(d < 1e-5, "vision differs from SigLIP by {d}");
     // the projector starts at zero
-    assert!(m.image_features::<NoneTape>(&px, 2).as_vec().iter().all(|&x| x == 0.0));
+    assert!(
+        m.image_features::<NoneTape>(&px, 2)
+            .as_vec()
+            .iter()
+            .all(|&x| x == 0.0)
+    );
 
     // the text path is Gemma's on the old vocabulary
     let ids: Vec<u32> = ex["input_ids"].1.iter().map(|&x| x as u32).collect();
@@ -91,13 +125,27 @@ fn assembles_siglip_and_gemma_into_a_paligemma() {
 #[test]
 fn stage0_at_another_resolution_resamples_the_position_grid() {
     let dev = model::device();
-    let opts = Stage0Options { image_size: Some(112), ..Default::default() };
+    let opts = Stage0Options {
+        image_size: Some(112),
+        ..Default::default()
+    };
     let (m, _) = assemble(&dir().join("siglip"), &dir().join("gemma"), &opts, &dev).unwrap();
     assert_eq!(m.cfg.vision.grid(), 8);
     let pos = m.vision_tower.embeddings.position_embedding.as_vec();
     assert_eq!(pos.len(), 64 * 32);
-    let (small, _) = assemble(&dir().join("siglip"), &dir().join("gemma"), &Stage0Options::default(), &dev).unwrap();
-    let want = checkpoint::resize_grid(&small.vision_tower.embeddings.position_embedding.as_vec(), 4, 8, 32);
+    let (small, _) = assemble(
+        &dir().join("siglip"),
+        &dir().join("gemma"),
+        &Stage0Options::default(),
+        &dev,
+    )
+    .unwrap();
+    let want = checkpoint::resize_grid(
+        &small.vision_tower.embeddings.position_embedding.as_vec(),
+        4,
+        8,
+        32,
+    );
     assert_eq!(pos, want);
     assert!(m.num_params() > small.num_params());
 }

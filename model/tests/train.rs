@@ -10,7 +10,11 @@ fn tiny_model_overfits_one_batch() {
     let fx = read_all("fixture.safetensors");
     let input = fixture_input(&fx);
     let mut m = PaliGemma::new(&PaliGemmaConfig::tiny(), &model::device(), 7).unwrap();
-    let mut opt = AdamW::new(AdamWConfig { lr: 1e-2, weight_decay: 0.0, ..Default::default() });
+    let mut opt = AdamW::new(AdamWConfig {
+        lr: 1e-2,
+        weight_decay: 0.0,
+        ..Default::default()
+    });
     let opts = LossOptions::default();
     let mut first = None;
     let mut last = f32::NAN;
@@ -25,7 +29,10 @@ fn tiny_model_overfits_one_batch() {
     }
     let first = first.unwrap();
     println!("loss {first:.4} -> {last:.6}");
-    assert!(first > 5.0, "initial loss {first} should be near ln(300) = 5.7");
+    assert!(
+        first > 5.0,
+        "initial loss {first} should be near ln(300) = 5.7"
+    );
     assert!(last < 0.02, "loss only fell to {last}");
 }
 

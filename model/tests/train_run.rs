@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use mixtures::Mixture;
 use model::layers::Params;
-use model::train::{Outcome, TrainConfig, TrainError, TrainEvent, Trainer, config_for_tokenizer, latest_checkpoint};
+use model::train::{
+    Outcome, TrainConfig, TrainError, TrainEvent, Trainer, config_for_tokenizer, latest_checkpoint,
+};
 use model::{PaliGemma, PaliGemmaConfig};
 use pipeline::Batch;
 use pipeline::mixture::{RunOptions, stage_stream};
@@ -19,8 +21,18 @@ use pipeline::writer::{DataType, ImageValue, Row, Schema, ShardWriter, WriterCon
 const COLOURS: [&str; 4] = ["red", "green", "blue", "yellow"];
 
 fn png(i: usize) -> Vec<u8> {
-    let rgb = [(i * 40 % 256) as u8, (i * 90 % 256) as u8, (i * 13 % 256) as u8];
-    let img = image::RgbImage::from_fn(28, 28, |x, y| image::Rgb(if (x + y) % 9 < 4 { rgb } else { [255, 255, 255] }));
+    let rgb = [
+        (i * 40 % 256) as u8,
+        (i * 90 % 256) as u8,
+        (i * 13 % 256) as u8,
+    ];
+    let img = image::RgbImage::from_fn(28, 28, |x, y| {
+        image::Rgb(if (x + y) % 9 < 4 {
+            rgb
+        } else {
+            [255, 255, 255]
+        })
+    });
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
     out.into_inner()
@@ -28,22 +40,41 @@ fn png(i: usize) -> Vec<u8> {
 
 fn caption(i: usize) -> String {
     let words: Vec<&str> = "a small square left of the big circle".split(' ').collect();
-    format!("{} {}", COLOURS[i % 4], words[..1 + i % words.len()].join(" "))
+    format!(
+        "{} {}",
+        COLOURS[i % 4],
+        words[..1 + i % words.len()].join(" ")
+    )
 }
 
 /// 40 rows in two shards and a tokenizer trained on their text.
 fn dataset(dir: &Path) -> Arc<PaliTokenizer> {
     let rows = 40;
-    let schema = Schema::new().image("image").column("colour", DataType::String).column("caption", DataType::String);
-    let config = WriterConfig { rows_per_row_group: 7, rows_per_shard: rows / 2, ..WriterConfig::new("train", schema) };
+    let schema = Schema::new()
+        .image("image")
+        .column("colour", DataType::String)
+        .column("caption", DataType::String);
+    let config = WriterConfig {
+        rows_per_row_group: 7,
+        rows_per_shard: rows / 2,
+        ..WriterConfig::new("train", schema)
+    };
     let mut writer = ShardWriter::create(dir, config).unwrap();
     for i in 0..rows {
         writer
-            .write(Row::new().image("image", ImageValue::from_bytes(png(i))).field("colour", COLOURS[i % 4]).field("caption", caption(i)))
+            .write(
+                Row::new()
+                    .image("image", ImageValue::from_bytes(png(i)))
+                    .field("colour", COLOURS[i % 4])
+                    .field("caption", caption(i)),
+            )
             .unwrap();
     }
     writer.finish().unwrap();
-    let texts: Vec<String> = (0..rows).map(caption).chain(["caption en", "colour"].map(String::from)).collect();
+    let texts: Vec<String> = (0..rows)
+        .map(caption)
+        .chain(["caption en", "colour"].map(String::from))
+        .collect();
     let tokenizer = train_tokenizer(texts.iter().map(String::as_str), 300).unwrap();
     Arc::new(PaliTokenizer::new(tokenizer).unwrap())
 }
@@ -87,10 +118,15 @@ fn spec(dir: &Path, stage_one_train: &str) -> Mixture {
     Mixture::from_toml_str(&toml).unwrap()
 }
 
-const TRAIN: &str = "{ lr = 3e-3, warmup = { steps = 2 }, vit_warmup = { steps = 3 }, schedule = \"cosine\" }";
+const TRAIN: &str =
+    "{ lr = 3e-3, warmup = { steps = 2 }, vit_warmup = { steps = 3 }, schedule = \"cosine\" }";
 
 fn options(tokenizer: &Arc<PaliTokenizer>) -> RunOptions {
-    RunOptions { threads: 1, prefetch: 2, ..RunOptions::new(tokenizer.clone()) }
+    RunOptions {
+        threads: 1,
+        prefetch: 2,
+        ..RunOptions::new(tokenizer.clone())
+    }
 }
 
 fn tiny_model(tokenizer: &PaliTokenizer, resolution: usize) -> PaliGemma {
@@ -110,7 +146,10 @@ fn loss_bits(events: &[TrainEvent]) -> Vec<(u64, u32)> {
 }
 
 fn params(m: &PaliGemma) -> Vec<(String, Vec<f32>)> {
-    m.named_params().into_iter().map(|(n, p)| (n, p.to_vec())).collect()
+    m.named_params()
+        .into_iter()
+        .map(|(n, p)| (n, p.to_vec()))
+        .collect()
 }
 
 #[test]
@@ -121,16 +160,48 @@ fn a_run_stopped_and_resumed_gives_the_same_losses_bit_for_bit() {
     let dev = model::device();
 
     let whole_dir = tempfile::tempdir().unwrap();
-    let config = |dir: &Path| TrainConfig { run_dir: Some(dir.to_path_buf()), checkpoint_every: 2, keep_checkpoints: 2, ..Default::default() };
-    let mut whole = Trainer::new(mixture.clone(), tiny_model(&tokenizer, 28), options(&tokenizer), config(whole_dir.path())).unwrap();
+    let config = |dir: &Path| TrainConfig {
+        run_dir: Some(dir.to_path_buf()),
+        checkpoint_every: 2,
+        keep_checkpoints: 2,
+        ..Default::default()
+    };
+    let mut whole = Trainer::new(
+        mixture.clone(),
+        tiny_model(&tokenizer, 28),
+        options(&tokenizer),
+        config(whole_dir.path()),
+    )
+    .unwrap();
     let (outcome, all) = run_all(&mut whole);
-    assert_eq!(outcome, Outcome::Finished { steps: 8 }, "5 steps of 4 examples, then 3 of 3");
-    assert_eq!(all.iter().map(|e| e.stage).collect::<Vec<_>>(), [0, 0, 0, 0, 0, 1, 1, 1]);
-    assert_eq!(whole.model.cfg.vision.image_size, 42, "stage two's resolution");
-    assert!(all.windows(2).all(|w| w[0].loss != w[1].loss), "the model is learning something");
-    assert!(all.iter().all(|e| e.grad_norm.is_finite() && e.grad_norm > 0.0));
+    assert_eq!(
+        outcome,
+        Outcome::Finished { steps: 8 },
+        "5 steps of 4 examples, then 3 of 3"
+    );
+    assert_eq!(
+        all.iter().map(|e| e.stage).collect::<Vec<_>>(),
+        [0, 0, 0, 0, 0, 1, 1, 1]
+    );
+    assert_eq!(
+        whole.model.cfg.vision.image_size, 42,
+        "stage two's resolution"
+    );
+    assert!(
+        all.windows(2).all(|w| w[0].loss != w[1].loss),
+        "the model is learning something"
+    );
+    assert!(
+        all.iter()
+            .all(|e| e.grad_norm.is_finite() && e.grad_norm > 0.0)
+    );
     // keep 2: the newest two checkpoints remain, the end one among them
-    let kept: Vec<String> = std::fs::read_dir(whole_dir.path().join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let kept: Vec<String> = std::fs::read_dir(whole_dir.path().join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     assert_eq!(kept, ["step-00000006", "step-00000008"]);
     let final_params = params(&whole.model);
 
@@ -141,7 +212,10 @@ fn a_run_stopped_and_resumed_gives_the_same_losses_bit_for_bit() {
             mixture.clone(),
             tiny_model(&tokenizer, 28),
             options(&tokenizer),
-            TrainConfig { stop_after: Some(k), ..config(dir.path()) },
+            TrainConfig {
+                stop_after: Some(k),
+                ..config(dir.path())
+            },
         )
         .unwrap();
         let (outcome, before) = run_all(&mut first);
@@ -151,20 +225,46 @@ fn a_run_stopped_and_resumed_gives_the_same_losses_bit_for_bit() {
         // maybe a step folder without its state file: neither is taken for a checkpoint
         let checkpoints = dir.path().join("checkpoints");
         std::fs::create_dir_all(checkpoints.join(".tmp-step-00000099")).unwrap();
-        std::fs::write(checkpoints.join(".tmp-step-00000099/model.safetensors"), b"partial").unwrap();
+        std::fs::write(
+            checkpoints.join(".tmp-step-00000099/model.safetensors"),
+            b"partial",
+        )
+        .unwrap();
         std::fs::create_dir_all(checkpoints.join("step-00000098")).unwrap();
         let latest = latest_checkpoint(&checkpoints).unwrap().unwrap();
-        assert!(latest.ends_with(format!("step-{k:08}")), "{}", latest.display());
+        assert!(
+            latest.ends_with(format!("step-{k:08}")),
+            "{}",
+            latest.display()
+        );
 
-        let mut resumed = Trainer::resume(&latest, mixture.clone(), options(&tokenizer), config(dir.path()), &dev).unwrap();
+        let mut resumed = Trainer::resume(
+            &latest,
+            mixture.clone(),
+            options(&tokenizer),
+            config(dir.path()),
+            &dev,
+        )
+        .unwrap();
         assert_eq!(resumed.step(), k);
-        assert_eq!(loss_bits(resumed.metrics()), loss_bits(&before), "metrics so far come back with the checkpoint");
+        assert_eq!(
+            loss_bits(resumed.metrics()),
+            loss_bits(&before),
+            "metrics so far come back with the checkpoint"
+        );
         let (outcome, after) = run_all(&mut resumed);
         assert_eq!(outcome, Outcome::Finished { steps: 8 });
         let joined: Vec<TrainEvent> = before.into_iter().chain(after).collect();
         assert_eq!(loss_bits(&joined), loss_bits(&all), "stopped at step {k}");
-        assert_eq!(params(&resumed.model), final_params, "stopped at step {k}: final weights");
-        assert!(!checkpoints.join(".tmp-step-00000099").exists(), "the next save clears leftovers");
+        assert_eq!(
+            params(&resumed.model),
+            final_params,
+            "stopped at step {k}: final weights"
+        );
+        assert!(
+            !checkpoints.join(".tmp-step-00000099").exists(),
+            "the next save clears leftovers"
+        );
     }
 }
 
@@ -175,28 +275,73 @@ fn resuming_without_the_optimiser_state_is_an_error_naming_the_file() {
     let mixture = spec(data.path(), TRAIN);
     let dev = model::device();
     let dir = tempfile::tempdir().unwrap();
-    let config = TrainConfig { run_dir: Some(dir.path().to_path_buf()), ..Default::default() };
-    let mut first = Trainer::new(mixture.clone(), tiny_model(&tokenizer, 28), options(&tokenizer), TrainConfig { stop_after: Some(3), ..config.clone() }).unwrap();
+    let config = TrainConfig {
+        run_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let mut first = Trainer::new(
+        mixture.clone(),
+        tiny_model(&tokenizer, 28),
+        options(&tokenizer),
+        TrainConfig {
+            stop_after: Some(3),
+            ..config.clone()
+        },
+    )
+    .unwrap();
     run_all(&mut first);
-    let latest = latest_checkpoint(&dir.path().join("checkpoints")).unwrap().unwrap();
-    for file in ["optimizer-vision.safetensors", "optimizer-projector.safetensors", "optimizer-llm.safetensors"] {
+    let latest = latest_checkpoint(&dir.path().join("checkpoints"))
+        .unwrap()
+        .unwrap();
+    for file in [
+        "optimizer-vision.safetensors",
+        "optimizer-projector.safetensors",
+        "optimizer-llm.safetensors",
+    ] {
         std::fs::remove_file(latest.join(file)).unwrap();
     }
-    let err = Trainer::resume(&latest, mixture.clone(), options(&tokenizer), config.clone(), &dev).err().unwrap();
-    assert!(err.to_string().contains("optimizer-vision.safetensors"), "{err}");
+    let err = Trainer::resume(
+        &latest,
+        mixture.clone(),
+        options(&tokenizer),
+        config.clone(),
+        &dev,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string().contains("optimizer-vision.safetensors"),
+        "{err}"
+    );
 }
 
 fn first_batches(mixture: &Mixture, tokenizer: &Arc<PaliTokenizer>, n: usize) -> Vec<Batch> {
-    stage_stream(mixture, 0, &options(tokenizer), StreamState::default()).unwrap().take(n).map(|b| b.unwrap().batch).collect()
+    stage_stream(mixture, 0, &options(tokenizer), StreamState::default())
+        .unwrap()
+        .take(n)
+        .map(|b| b.unwrap().batch)
+        .collect()
 }
 
 #[test]
 fn freeze_vit_leaves_the_image_encoder_unchanged() {
     let data = tempfile::tempdir().unwrap();
     let tokenizer = dataset(data.path());
-    let mixture = spec(data.path(), "{ lr = 1e-2, warmup = { steps = 1 }, freeze_vit = true }");
+    let mixture = spec(
+        data.path(),
+        "{ lr = 1e-2, warmup = { steps = 1 }, freeze_vit = true }",
+    );
     let before = params(&tiny_model(&tokenizer, 28));
-    let mut t = Trainer::new(mixture.clone(), tiny_model(&tokenizer, 28), options(&tokenizer), TrainConfig { stop_after: Some(3), ..Default::default() }).unwrap();
+    let mut t = Trainer::new(
+        mixture.clone(),
+        tiny_model(&tokenizer, 28),
+        options(&tokenizer),
+        TrainConfig {
+            stop_after: Some(3),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let (_, events) = run_all(&mut t);
     assert!(events.iter().all(|e| e.lr.vision == 0.0 && e.lr.llm > 0.0));
     let after = params(&t.model);
@@ -209,13 +354,31 @@ fn freeze_vit_leaves_the_image_encoder_unchanged() {
             changed.insert(group);
         }
     }
-    assert!(changed.contains("multi_modal_projector") && changed.contains("language_model"), "{changed:?}");
+    assert!(
+        changed.contains("multi_modal_projector") && changed.contains("language_model"),
+        "{changed:?}"
+    );
 
     // and without freezing, the image encoder does move
-    let mixture = spec(data.path(), "{ lr = 1e-2, warmup = { steps = 1 }, vit_warmup = { steps = 1 } }");
-    let mut t = Trainer::new(mixture, tiny_model(&tokenizer, 28), options(&tokenizer), TrainConfig { stop_after: Some(1), ..Default::default() }).unwrap();
+    let mixture = spec(
+        data.path(),
+        "{ lr = 1e-2, warmup = { steps = 1 }, vit_warmup = { steps = 1 } }",
+    );
+    let mut t = Trainer::new(
+        mixture,
+        tiny_model(&tokenizer, 28),
+        options(&tokenizer),
+        TrainConfig {
+            stop_after: Some(1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     run_all(&mut t);
-    let moved = params(&t.model).iter().zip(&before).any(|((n, a), (_, b))| n.starts_with("vision_tower.") && a != b);
+    let moved = params(&t.model)
+        .iter()
+        .zip(&before)
+        .any(|((n, a), (_, b))| n.starts_with("vision_tower.") && a != b);
     assert!(moved);
 }
 
@@ -226,21 +389,50 @@ fn four_micro_batches_give_the_gradient_of_one_batch() {
     let mixture = spec(data.path(), TRAIN);
     let batch = first_batches(&mixture, &tokenizer, 1).remove(0);
     assert_eq!(batch.rows, 4);
-    let row_weight = |r: usize| batch.loss_weights[r * batch.seq_len..(r + 1) * batch.seq_len].iter().sum::<f32>();
-    assert!((0..4).any(|r| row_weight(r) != row_weight(0)), "rows of different lengths make the weighting matter");
+    let row_weight = |r: usize| {
+        batch.loss_weights[r * batch.seq_len..(r + 1) * batch.seq_len]
+            .iter()
+            .sum::<f32>()
+    };
+    assert!(
+        (0..4).any(|r| row_weight(r) != row_weight(0)),
+        "rows of different lengths make the weighting matter"
+    );
     let training = mixture.stages[0].training();
-    let trainer = |rows| Trainer::new(mixture.clone(), tiny_model(&tokenizer, 28), options(&tokenizer), TrainConfig { micro_batch_rows: rows, ..Default::default() }).unwrap();
+    let trainer = |rows| {
+        Trainer::new(
+            mixture.clone(),
+            tiny_model(&tokenizer, 28),
+            options(&tokenizer),
+            TrainConfig {
+                micro_batch_rows: rows,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
     let (mut one, mut four) = (trainer(0), trainer(1));
     let (l1, mut g1) = one.batch_loss_and_grads(&batch, &training).unwrap();
     let (l4, mut g4) = four.batch_loss_and_grads(&batch, &training).unwrap();
     assert!((l1 - l4).abs() <= 1e-5 * l1.abs(), "loss {l1} vs {l4}");
     let mut worst = 0.0f32;
-    for ((name, p1), (_, p4)) in one.model.named_params().into_iter().zip(four.model.named_params()) {
+    for ((name, p1), (_, p4)) in one
+        .model
+        .named_params()
+        .into_iter()
+        .zip(four.model.named_params())
+    {
         let (a, b) = (p1.grad(&mut g1), p4.grad(&mut g4));
         let scale = a.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
-        let diff = a.iter().zip(&b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        let diff = a
+            .iter()
+            .zip(&b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
         worst = worst.max(diff / scale);
-        assert!(diff <= 1e-4 * scale, "{name}: max diff {diff} (largest gradient {scale})");
+        assert!(
+            diff <= 1e-4 * scale,
+            "{name}: max diff {diff} (largest gradient {scale})"
+        );
     }
     println!("worst relative gradient difference: {worst:e}");
     // Averaging the micro-batches' losses equally (ignoring their weights) would differ.
@@ -256,16 +448,41 @@ fn four_micro_batches_give_the_gradient_of_one_batch() {
             single.positions = batch.positions[cells.clone()].to_vec();
             single.causal = batch.causal[cells.clone()].to_vec();
             single.loss_weights = batch.loss_weights[cells].to_vec();
-            let imgs: Vec<usize> = (0..batch.n_images()).filter(|&i| batch.image_slots[i].row as usize == r).collect();
-            single.image_slots = imgs.iter().map(|&i| pipeline::ImageSlot { row: 0, ..batch.image_slots[i] }).collect();
+            let imgs: Vec<usize> = (0..batch.n_images())
+                .filter(|&i| batch.image_slots[i].row as usize == r)
+                .collect();
+            single.image_slots = imgs
+                .iter()
+                .map(|&i| pipeline::ImageSlot {
+                    row: 0,
+                    ..batch.image_slots[i]
+                })
+                .collect();
             single.pixels = imgs.iter().flat_map(|&i| batch.image(i).to_vec()).collect();
-            single.segments = batch.segments.iter().filter(|s| s.row as usize == r).map(|s| pipeline::Segment { row: 0, ..s.clone() }).collect();
-            let mut t = Trainer::new(mixture.clone(), tiny_model(&tokenizer, 28), options(&tokenizer), m).unwrap();
+            single.segments = batch
+                .segments
+                .iter()
+                .filter(|s| s.row as usize == r)
+                .map(|s| pipeline::Segment {
+                    row: 0,
+                    ..s.clone()
+                })
+                .collect();
+            let mut t = Trainer::new(
+                mixture.clone(),
+                tiny_model(&tokenizer, 28),
+                options(&tokenizer),
+                m,
+            )
+            .unwrap();
             t.batch_loss_and_grads(&single, &training).unwrap().0
         })
         .sum::<f32>()
         / 4.0;
-    assert!((naive - l1).abs() > 1e-4, "equal weighting {naive} vs token weighting {l1}");
+    assert!(
+        (naive - l1).abs() > 1e-4,
+        "equal weighting {naive} vs token weighting {l1}"
+    );
 }
 
 #[test]
@@ -274,7 +491,13 @@ fn label_smoothing_moves_the_loss_toward_the_mean_log_probability() {
     let tokenizer = dataset(data.path());
     let mixture = spec(data.path(), TRAIN);
     let batch = first_batches(&mixture, &tokenizer, 1).remove(0);
-    let mut t = Trainer::new(mixture.clone(), tiny_model(&tokenizer, 28), options(&tokenizer), TrainConfig::default()).unwrap();
+    let mut t = Trainer::new(
+        mixture.clone(),
+        tiny_model(&tokenizer, 28),
+        options(&tokenizer),
+        TrainConfig::default(),
+    )
+    .unwrap();
     // a few steps on this batch, so that the target is likelier than the average token
     let mut training = mixture.stages[0].training();
     training.lr = 1e-2;
@@ -287,7 +510,12 @@ fn label_smoothing_moves_the_loss_toward_the_mean_log_probability() {
     let targets = input.targets();
     // by hand: per target token, nll = lse - z[target], uniform = lse - mean(z)
     let (mut nll, mut uniform, mut weight) = (0.0f64, 0.0f64, 0.0f64);
-    for (i, &w) in input.loss_weights.iter().enumerate().filter(|(_, w)| **w != 0.0) {
+    for (i, &w) in input
+        .loss_weights
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| **w != 0.0)
+    {
         let z = &logits[i * vocab..(i + 1) * vocab];
         let m = z.iter().copied().fold(f32::MIN, f32::max) as f64;
         let lse = m + z.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
@@ -301,9 +529,15 @@ fn label_smoothing_moves_the_loss_toward_the_mean_log_probability() {
         training.label_smoothing = e;
         let (loss, _) = t.batch_loss_and_grads(&batch, &training).unwrap();
         let want = (1.0 - e) * nll + e * uniform;
-        assert!((loss as f64 - want).abs() < 1e-4 * want, "e = {e}: {loss} vs {want}");
+        assert!(
+            (loss as f64 - want).abs() < 1e-4 * want,
+            "e = {e}: {loss} vs {want}"
+        );
     }
-    assert!(uniform > nll + 0.01, "the two terms differ, so the test tells smoothing apart");
+    assert!(
+        uniform > nll + 0.01,
+        "the two terms differ, so the test tells smoothing apart"
+    );
 }
 
 #[test]
@@ -313,8 +547,21 @@ fn a_nan_stops_the_run_names_the_batch_and_keeps_the_last_good_checkpoint() {
     let mixture = spec(data.path(), TRAIN);
     let dev = model::device();
     let dir = tempfile::tempdir().unwrap();
-    let config = TrainConfig { run_dir: Some(dir.path().to_path_buf()), checkpoint_every: 1, ..Default::default() };
-    let mut t = Trainer::new(mixture.clone(), tiny_model(&tokenizer, 28), options(&tokenizer), TrainConfig { stop_after: Some(2), ..config.clone() }).unwrap();
+    let config = TrainConfig {
+        run_dir: Some(dir.path().to_path_buf()),
+        checkpoint_every: 1,
+        ..Default::default()
+    };
+    let mut t = Trainer::new(
+        mixture.clone(),
+        tiny_model(&tokenizer, 28),
+        options(&tokenizer),
+        TrainConfig {
+            stop_after: Some(2),
+            ..config.clone()
+        },
+    )
+    .unwrap();
     run_all(&mut t);
     let checkpoints = dir.path().join("checkpoints");
     let good = latest_checkpoint(&checkpoints).unwrap().unwrap();
@@ -327,14 +574,29 @@ fn a_nan_stops_the_run_names_the_batch_and_keeps_the_last_good_checkpoint() {
     });
     let err = t.run(&mut |_| {}).unwrap_err();
     match &err {
-        TrainError::NonFinite { step, stage, origins, .. } => {
+        TrainError::NonFinite {
+            step,
+            stage,
+            origins,
+            ..
+        } => {
             assert_eq!(*step, 3);
             assert_eq!(stage, "one");
-            assert!(origins.contains("train-") && origins.contains("row group"), "{origins}");
-            assert!(origins.contains("caption at") || origins.contains("colour at"), "{origins}");
+            assert!(
+                origins.contains("train-") && origins.contains("row group"),
+                "{origins}"
+            );
+            assert!(
+                origins.contains("caption at") || origins.contains("colour at"),
+                "{origins}"
+            );
         }
         other => panic!("expected a NaN error, got {other}"),
     }
     println!("{err}");
-    assert_eq!(latest_checkpoint(&checkpoints).unwrap().unwrap(), good, "no checkpoint after the bad step");
+    assert_eq!(
+        latest_checkpoint(&checkpoints).unwrap().unwrap(),
+        good,
+        "no checkpoint after the bad step"
+    );
 }

@@ -8,12 +8,23 @@ fn close(a: f64, b: f64) -> bool {
 }
 
 fn schedule(kind: Schedule, warmup: u64, total: u64) -> LrSchedule {
-    LrSchedule { kind, base: 2.0, warmup, total, cooldown: 0 }
+    LrSchedule {
+        kind,
+        base: 2.0,
+        warmup,
+        total,
+        cooldown: 0,
+    }
 }
 
 #[test]
 fn warmup_is_linear_and_reaches_the_base_rate_on_its_last_step() {
-    for kind in [Schedule::Rsqrt, Schedule::Cosine, Schedule::Linear, Schedule::Constant] {
+    for kind in [
+        Schedule::Rsqrt,
+        Schedule::Cosine,
+        Schedule::Linear,
+        Schedule::Constant,
+    ] {
         let s = schedule(kind, 10, 110);
         assert!(close(s.lr(0), 0.2), "{kind}: first step gets 1/10");
         assert!(close(s.lr(4), 1.0), "{kind}: halfway");
@@ -27,10 +38,19 @@ fn warmup_is_linear_and_reaches_the_base_rate_on_its_last_step() {
 fn decays_after_warmup() {
     let cosine = schedule(Schedule::Cosine, 10, 110);
     assert!(close(cosine.lr(10), 2.0));
-    assert!(close(cosine.lr(60), 1.0), "half way through the decay: half the rate");
-    assert!(close(cosine.lr(35), 2.0 * 0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos())));
+    assert!(
+        close(cosine.lr(60), 1.0),
+        "half way through the decay: half the rate"
+    );
+    assert!(close(
+        cosine.lr(35),
+        2.0 * 0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos())
+    ));
     assert!(cosine.lr(109) > 0.0 && cosine.lr(109) < 2e-3);
-    assert!(close(cosine.lr(500), 0.0), "past the planned end it stays at zero");
+    assert!(
+        close(cosine.lr(500), 0.0),
+        "past the planned end it stays at zero"
+    );
 
     let linear = schedule(Schedule::Linear, 10, 110);
     assert!(close(linear.lr(60), 1.0));
@@ -47,17 +67,28 @@ fn decays_after_warmup() {
 
 #[test]
 fn rsqrt_cools_down_linearly_over_its_last_steps() {
-    let s = LrSchedule { cooldown: 200, ..schedule(Schedule::Rsqrt, 100, 1000) };
+    let s = LrSchedule {
+        cooldown: 200,
+        ..schedule(Schedule::Rsqrt, 100, 1000)
+    };
     let plain = schedule(Schedule::Rsqrt, 100, 1000);
     assert!(close(s.lr(799), plain.lr(799)), "before the cool-down");
-    assert!(close(s.lr(800), plain.lr(800)), "first cool-down step at full rate");
+    assert!(
+        close(s.lr(800), plain.lr(800)),
+        "first cool-down step at full rate"
+    );
     assert!(close(s.lr(900), plain.lr(900) * 0.5));
     assert!(close(s.lr(999), plain.lr(999) / 200.0));
 }
 
 #[test]
 fn warmup_fractions_resolve_against_the_stage() {
-    let t = Training { lr: 1e-3, schedule: Schedule::Cosine, warmup: Warmup::Fraction(0.05), ..Recipe::Transfer.defaults() };
+    let t = Training {
+        lr: 1e-3,
+        schedule: Schedule::Cosine,
+        warmup: Warmup::Fraction(0.05),
+        ..Recipe::Transfer.defaults()
+    };
     let s = LrSchedule::from_training(&t, 200);
     assert_eq!(s.warmup, 10);
     assert_eq!(s.total, 200);
@@ -80,7 +111,10 @@ fn the_image_encoder_warms_up_more_slowly_and_can_be_frozen() {
     assert!(close(at(9).vision, 0.1));
     assert!(close(at(49).vision, 0.5));
     assert!(close(at(99).vision, 1.0));
-    let frozen = Training { freeze_vit: true, ..t };
+    let frozen = Training {
+        freeze_vit: true,
+        ..t
+    };
     let lrs = GroupLrs::at(&frozen, 50, 1000);
     assert_eq!(lrs.vision, 0.0);
     assert!(close(lrs.llm, 1.0));

@@ -44,7 +44,11 @@ impl Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = serde_json::to_value(self).ok();
-        write!(f, "{}", name.as_ref().and_then(|v| v.as_str()).unwrap_or("?"))
+        write!(
+            f,
+            "{}",
+            name.as_ref().and_then(|v| v.as_str()).unwrap_or("?")
+        )
     }
 }
 
@@ -58,7 +62,11 @@ pub struct BadInput {
 
 impl BadInput {
     pub fn new(reason: Reason, location: Location, detail: impl Into<String>) -> Self {
-        Self { reason, location, detail: detail.into() }
+        Self {
+            reason,
+            location,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -79,7 +87,10 @@ pub struct BadInputPolicy {
 
 impl Default for BadInputPolicy {
     fn default() -> Self {
-        Self { max_fraction: 0.01, min_examples: 200 }
+        Self {
+            max_fraction: 0.01,
+            min_examples: 200,
+        }
     }
 }
 
@@ -109,7 +120,11 @@ impl BadInputStats {
 
     /// Bad examples that count toward the policy's limit.
     pub fn bad(&self) -> u64 {
-        self.counts.iter().filter(|(r, _)| r.counts_toward_limit()).map(|(_, n)| n).sum()
+        self.counts
+            .iter()
+            .filter(|(r, _)| r.counts_toward_limit())
+            .map(|(_, n)| n)
+            .sum()
     }
 
     pub fn count(&self, reason: Reason) -> u64 {
@@ -117,13 +132,20 @@ impl BadInputStats {
     }
 
     /// `final_check` judges even a short stream (at its end).
-    pub fn check(&self, policy: &BadInputPolicy, final_check: bool) -> Result<(), TooManyBadInputs> {
+    pub fn check(
+        &self,
+        policy: &BadInputPolicy,
+        final_check: bool,
+    ) -> Result<(), TooManyBadInputs> {
         if self.seen == 0 || (!final_check && self.seen < policy.min_examples) {
             return Ok(());
         }
         let bad = self.bad();
         if bad as f64 > policy.max_fraction * self.seen as f64 {
-            return Err(TooManyBadInputs { stats: self.clone(), policy: *policy });
+            return Err(TooManyBadInputs {
+                stats: self.clone(),
+                policy: *policy,
+            });
         }
         Ok(())
     }
@@ -145,11 +167,20 @@ impl fmt::Display for TooManyBadInputs {
             s.seen,
             self.policy.max_fraction * 100.0
         )?;
-        let mut reasons: Vec<_> = s.counts.iter().filter(|(r, _)| r.counts_toward_limit()).collect();
+        let mut reasons: Vec<_> = s
+            .counts
+            .iter()
+            .filter(|(r, _)| r.counts_toward_limit())
+            .collect();
         reasons.sort_by(|a, b| b.1.cmp(a.1));
         let reasons: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} x{n}")).collect();
         write!(f, "; most frequent: {}", reasons.join(", "))?;
-        for bad in s.first.iter().filter(|b| b.reason.counts_toward_limit()).take(5) {
+        for bad in s
+            .first
+            .iter()
+            .filter(|b| b.reason.counts_toward_limit())
+            .take(5)
+        {
             write!(f, "\n  {bad}")?;
         }
         Ok(())

@@ -6,9 +6,11 @@ use std::time::Instant;
 use mixtures::Mixture;
 use rayon::prelude::*;
 
-use crate::image::ImageProcessor;
-use crate::source::{Cursor, FetchConfig, Fetcher, OpenSource, Reader, ShardSpec, SourceConfig, SourceItem};
 use crate::PipelineError;
+use crate::image::ImageProcessor;
+use crate::source::{
+    Cursor, FetchConfig, Fetcher, OpenSource, Reader, ShardSpec, SourceConfig, SourceItem,
+};
 
 /// The process's peak resident memory (VmHWM), in MiB; 0 where /proc is not there.
 pub fn peak_rss_mib() -> f64 {
@@ -28,7 +30,12 @@ pub struct DecodeOnly {
 
 /// Decodes (to full-size RGB, nothing else) the first `max_images` images of the stage's first
 /// source with an image column, on `threads` workers (0: every core).
-pub fn decode_only(mixture: &Mixture, stage: usize, threads: usize, max_images: usize) -> Result<DecodeOnly, PipelineError> {
+pub fn decode_only(
+    mixture: &Mixture,
+    stage: usize,
+    threads: usize,
+    max_images: usize,
+) -> Result<DecodeOnly, PipelineError> {
     let weights = mixture.stage_weights(stage).unwrap_or_default();
     let source = weights
         .iter()
@@ -36,7 +43,12 @@ pub fn decode_only(mixture: &Mixture, stage: usize, threads: usize, max_images: 
         .map(|(task, _)| &mixture.sources[&mixture.tasks[task].source])
         .find(|s| !s.image_columns.is_empty())
         .ok_or_else(|| PipelineError::Config("the stage reads no images".into()))?;
-    let config = SourceConfig { image_columns: source.image_columns.clone(), epochs: Some(1), shuffle: false, ..SourceConfig::new(source.data.clone()) };
+    let config = SourceConfig {
+        image_columns: source.image_columns.clone(),
+        epochs: Some(1),
+        shuffle: false,
+        ..SourceConfig::new(source.data.clone())
+    };
     let images = read_images(config, max_images)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -44,22 +56,46 @@ pub fn decode_only(mixture: &Mixture, stage: usize, threads: usize, max_images: 
         .map_err(|e| PipelineError::Config(e.to_string()))?;
     let started = Instant::now();
     let decoded: usize = pool.install(|| {
-        images.par_iter().map_init(ImageProcessor::new, |p, bytes| usize::from(p.decode_rgb(bytes, None).is_ok())).sum()
+        images
+            .par_iter()
+            .map_init(ImageProcessor::new, |p, bytes| {
+                usize::from(p.decode_rgb(bytes, None).is_ok())
+            })
+            .sum()
     });
     let seconds = started.elapsed().as_secs_f64();
-    Ok(DecodeOnly { images: decoded, images_per_s: decoded as f64 / seconds })
+    Ok(DecodeOnly {
+        images: decoded,
+        images_per_s: decoded as f64 / seconds,
+    })
 }
 
-fn read_images(config: SourceConfig, max_images: usize) -> Result<Vec<bytes::Bytes>, PipelineError> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| PipelineError::Config(e.to_string()))?;
+fn read_images(
+    config: SourceConfig,
+    max_images: usize,
+) -> Result<Vec<bytes::Bytes>, PipelineError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| PipelineError::Config(e.to_string()))?;
     runtime.block_on(async {
         let source = std::sync::Arc::new(OpenSource::open(config).await?);
-        let reader = Reader { source, text_columns: Vec::new(), filter: None, shard: ShardSpec::default(), seed: 0, fetcher: Fetcher::new(FetchConfig::default()) };
+        let reader = Reader {
+            source,
+            text_columns: Vec::new(),
+            filter: None,
+            shard: ShardSpec::default(),
+            seed: 0,
+            fetcher: Fetcher::new(FetchConfig::default()),
+        };
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let task = tokio::spawn(reader.run(Cursor::default(), tx));
         let mut images = Vec::new();
         while let Some(item) = rx.recv().await {
-            if let SourceItem::Row { item: Ok(record), .. } = item {
+            if let SourceItem::Row {
+                item: Ok(record), ..
+            } = item
+            {
                 images.extend(record.images.into_iter().map(|i| i.bytes));
             }
             if images.len() >= max_images {

@@ -31,6 +31,10 @@ impl Example {
     /// Weight of predicting token `t + 1` at position `t`: 1 where that token is in the suffix
     /// (its `<eos>` included), 0 elsewhere.
     pub fn loss_weight(&self, t: usize) -> f32 {
-        if t + 1 >= self.prefix_len && t + 1 < self.tokens.len() { 1.0 } else { 0.0 }
+        if t + 1 >= self.prefix_len && t + 1 < self.tokens.len() {
+            1.0
+        } else {
+            0.0
+        }
     }
 }

@@ -43,7 +43,11 @@ pub struct FormatConfig {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FormatError {
     #[error("{which} template {template:?}: {message}")]
-    Template { which: &'static str, template: String, message: String },
+    Template {
+        which: &'static str,
+        template: String,
+        message: String,
+    },
     #[error("resolution {resolution} is not a positive multiple of the patch {patch}")]
     Resolution { resolution: usize, patch: usize },
     #[error("text length {0} leaves no room for <bos>, \"\\n\" and one target token")]
@@ -67,7 +71,9 @@ impl Format {
             None => Ok(Format::Plain),
             Some("loc") => Ok(Format::Loc),
             Some("detections") => Ok(Format::Detections),
-            Some(other) => Err(format!("unknown format {other:?} (expected loc or detections)")),
+            Some(other) => Err(format!(
+                "unknown format {other:?} (expected loc or detections)"
+            )),
         }
     }
 }
@@ -91,7 +97,11 @@ enum Field {
 }
 
 fn compile(which: &'static str, source: &str) -> Result<Vec<Field>, FormatError> {
-    let error = |message: String| FormatError::Template { which, template: source.into(), message };
+    let error = |message: String| FormatError::Template {
+        which,
+        template: source.into(),
+        message,
+    };
     let template = Template::parse(source).map_err(|e| error(e.to_string()))?;
     template
         .into_parts()
@@ -108,7 +118,15 @@ fn compile(which: &'static str, source: &str) -> Result<Vec<Field>, FormatError>
 
 impl Formatter {
     pub fn new(config: FormatConfig) -> Result<Self, FormatError> {
-        let FormatConfig { task_id, prefix, suffix, resolution, patch, text_len, over_length } = config;
+        let FormatConfig {
+            task_id,
+            prefix,
+            suffix,
+            resolution,
+            patch,
+            text_len,
+            over_length,
+        } = config;
         if patch == 0 || resolution == 0 || resolution % patch != 0 {
             return Err(FormatError::Resolution { resolution, patch });
         }
@@ -146,7 +164,8 @@ impl Formatter {
         let prefix = render(&self.prefix, fields, &origin)?;
         let suffix = render(&self.suffix, fields, &origin)?;
         let encode = |text: &str| {
-            tok.encode(text).map_err(|e| BadInput::new(Reason::BadTemplateValue, origin.clone(), e.to_string()))
+            tok.encode(text)
+                .map_err(|e| BadInput::new(Reason::BadTemplateValue, origin.clone(), e.to_string()))
         };
         let (prefix, mut suffix) = (encode(&prefix)?, encode(&suffix)?);
 
@@ -154,13 +173,18 @@ impl Formatter {
         let prefix_text = 1 + prefix.len() + 1;
         let full_text = prefix_text + suffix.len() + 1;
         if prefix_text >= self.text_len {
-            let detail =
-                format!("prefix needs {prefix_text} of {} text tokens, leaving none for the suffix", self.text_len);
+            let detail = format!(
+                "prefix needs {prefix_text} of {} text tokens, leaving none for the suffix",
+                self.text_len
+            );
             return Err(BadInput::new(Reason::OverLength, origin, detail));
         }
         let truncated = full_text > self.text_len;
         if truncated && self.over_length == OverLength::Skip {
-            let detail = format!("text is {full_text} tokens, over the text length {}", self.text_len);
+            let detail = format!(
+                "text is {full_text} tokens, over the text length {}",
+                self.text_len
+            );
             return Err(BadInput::new(Reason::OverLength, origin, detail));
         }
 
@@ -182,7 +206,9 @@ impl Formatter {
         Ok(Example {
             tokens,
             prefix_len,
-            image_starts: (0..images.len()).map(|i| i * self.tokens_per_image).collect(),
+            image_starts: (0..images.len())
+                .map(|i| i * self.tokens_per_image)
+                .collect(),
             images,
             task_id: self.task_id,
             origin,
@@ -192,25 +218,37 @@ impl Formatter {
 }
 
 /// The text of a compiled template over a record's columns.
-fn render(template: &[Field], fields: &Map<String, Value>, origin: &Location) -> Result<String, BadInput> {
+fn render(
+    template: &[Field],
+    fields: &Map<String, Value>,
+    origin: &Location,
+) -> Result<String, BadInput> {
     let mut out = String::new();
     for field in template {
         match field {
             Field::Literal(text) => out.push_str(text),
             Field::Column { column, format } => {
-                let bad = |reason, detail: String| BadInput::new(reason, origin.with_column(column), detail);
-                let value =
-                    fields.get(column).ok_or_else(|| bad(Reason::MissingColumn, format!("no column {column:?}")))?;
+                let bad = |reason, detail: String| {
+                    BadInput::new(reason, origin.with_column(column), detail)
+                };
+                let value = fields
+                    .get(column)
+                    .ok_or_else(|| bad(Reason::MissingColumn, format!("no column {column:?}")))?;
                 if value.is_null() {
                     return Err(bad(Reason::NullValue, format!("column {column:?} is null")));
                 }
                 let text = match format {
-                    Format::Plain => plain(value).ok_or((Reason::WrongType, "a string or a number")),
+                    Format::Plain => {
+                        plain(value).ok_or((Reason::WrongType, "a string or a number"))
+                    }
                     Format::Loc => loc(value).map_err(|what| (Reason::BadTemplateValue, what)),
-                    Format::Detections => detections(value).map_err(|what| (Reason::BadTemplateValue, what)),
+                    Format::Detections => {
+                        detections(value).map_err(|what| (Reason::BadTemplateValue, what))
+                    }
                 };
-                let text =
-                    text.map_err(|(reason, what)| bad(reason, format!("expected {what}, got {}", short(value))))?;
+                let text = text.map_err(|(reason, what)| {
+                    bad(reason, format!("expected {what}, got {}", short(value)))
+                })?;
                 out.push_str(&text);
             }
         }
@@ -233,9 +271,22 @@ fn loc(value: &Value) -> Result<String, &'static str> {
     if let Some(bbox) = parse_box(value) {
         return Ok(bbox.render());
     }
-    let items = value.as_array().filter(|items| !items.is_empty()).ok_or(BOXES)?;
-    let boxes = items.iter().map(parse_box).collect::<Option<Vec<_>>>().ok_or(BOXES)?;
-    let detections: Vec<Detection> = boxes.into_iter().map(|bbox| Detection { bbox, label: String::new() }).collect();
+    let items = value
+        .as_array()
+        .filter(|items| !items.is_empty())
+        .ok_or(BOXES)?;
+    let boxes = items
+        .iter()
+        .map(parse_box)
+        .collect::<Option<Vec<_>>>()
+        .ok_or(BOXES)?;
+    let detections: Vec<Detection> = boxes
+        .into_iter()
+        .map(|bbox| Detection {
+            bbox,
+            label: String::new(),
+        })
+        .collect();
     Ok(render_detections(&detections))
 }
 
@@ -259,10 +310,18 @@ fn detections(value: &Value) -> Result<String, &'static str> {
 fn parse_box(value: &Value) -> Option<LocBox> {
     let number = |v: Option<&Value>| v?.as_f64().filter(|v| v.is_finite());
     let [y0, x0, y1, x1] = match value {
-        Value::Array(items) if items.len() == 4 => {
-            [number(items.first())?, number(items.get(1))?, number(items.get(2))?, number(items.get(3))?]
-        }
-        Value::Object(o) => [number(o.get("y0"))?, number(o.get("x0"))?, number(o.get("y1"))?, number(o.get("x1"))?],
+        Value::Array(items) if items.len() == 4 => [
+            number(items.first())?,
+            number(items.get(1))?,
+            number(items.get(2))?,
+            number(items.get(3))?,
+        ],
+        Value::Object(o) => [
+            number(o.get("y0"))?,
+            number(o.get("x0"))?,
+            number(o.get("y1"))?,
+            number(o.get("x1"))?,
+        ],
         _ => return None,
     };
     Some(LocBox { y0, x0, y1, x1 })

@@ -7,8 +7,8 @@
 
 pub mod bad_input;
 pub mod batch;
-pub mod demo;
 pub mod bench;
+pub mod demo;
 pub mod error;
 pub mod example;
 pub mod format;

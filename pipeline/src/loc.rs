@@ -78,7 +78,10 @@ fn parse_detection(part: &str) -> Option<Detection> {
         return None; // a fifth loc token: not a box of four
     }
     let [y0, x0, y1, x1] = coords;
-    Some(Detection { bbox: LocBox { y0, x0, y1, x1 }, label: label.to_string() })
+    Some(Detection {
+        bbox: LocBox { y0, x0, y1, x1 },
+        label: label.to_string(),
+    })
 }
 
 /// One `<locNNNN>` at the start of `s`: its bin and what follows.

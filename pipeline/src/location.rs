@@ -18,17 +18,29 @@ pub struct Location {
 
 impl Location {
     pub fn new(shard: impl Into<String>, row_group: usize, row: usize) -> Self {
-        Self { shard: shard.into(), row_group, row, column: None }
+        Self {
+            shard: shard.into(),
+            row_group,
+            row,
+            column: None,
+        }
     }
 
     pub fn with_column(&self, column: impl Into<String>) -> Self {
-        Self { column: Some(column.into()), ..self.clone() }
+        Self {
+            column: Some(column.into()),
+            ..self.clone()
+        }
     }
 }
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} row group {} row {}", self.shard, self.row_group, self.row)?;
+        write!(
+            f,
+            "{} row group {} row {}",
+            self.shard, self.row_group, self.row
+        )?;
         if let Some(column) = &self.column {
             write!(f, " column {column:?}")?;
         }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use mixtures::{Mixture, Sampler, SamplerState};
 
+use crate::PipelineError;
 use crate::bad_input::BadInputPolicy;
 use crate::format::{FormatConfig, Formatter, OverLength};
 use crate::pack::PackConfig;
@@ -12,7 +13,6 @@ use crate::schedule::Schedule;
 use crate::source::{RowFilter, ShardSpec, SourceConfig};
 use crate::stream::{BatchStream, StreamConfig, StreamState, StreamTask};
 use crate::text::PaliTokenizer;
-use crate::PipelineError;
 
 /// SigLIP's patch: 14 pixels for every released PaliGemma.
 pub const PATCH: usize = 14;
@@ -30,7 +30,13 @@ pub struct RunOptions {
 
 impl RunOptions {
     pub fn new(tokenizer: Arc<PaliTokenizer>) -> Self {
-        Self { tokenizer, shard: ShardSpec::default(), threads: 0, prefetch: 4, bad_input: BadInputPolicy::default() }
+        Self {
+            tokenizer,
+            shard: ShardSpec::default(),
+            threads: 0,
+            prefetch: 4,
+            bad_input: BadInputPolicy::default(),
+        }
     }
 }
 
@@ -67,8 +73,11 @@ impl Schedule for StageSchedule {
     }
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), PipelineError> {
-        let state: SamplerState = serde_json::from_value(state.clone()).map_err(|e| PipelineError::State(e.to_string()))?;
-        self.sampler.set_state(&state).map_err(|e| PipelineError::State(e.to_string()))
+        let state: SamplerState = serde_json::from_value(state.clone())
+            .map_err(|e| PipelineError::State(e.to_string()))?;
+        self.sampler
+            .set_state(&state)
+            .map_err(|e| PipelineError::State(e.to_string()))
     }
 }
 
@@ -76,22 +85,37 @@ impl Schedule for StageSchedule {
 pub fn stage_of(mixture: &Mixture, state: &StreamState) -> Result<usize, PipelineError> {
     let mut sampler = Sampler::new(mixture).map_err(|e| PipelineError::Config(e.to_string()))?;
     if !state.schedule.is_null() {
-        let saved: SamplerState = serde_json::from_value(state.schedule.clone()).map_err(|e| PipelineError::State(e.to_string()))?;
-        sampler.set_state(&saved).map_err(|e| PipelineError::State(e.to_string()))?;
+        let saved: SamplerState = serde_json::from_value(state.schedule.clone())
+            .map_err(|e| PipelineError::State(e.to_string()))?;
+        sampler
+            .set_state(&saved)
+            .map_err(|e| PipelineError::State(e.to_string()))?;
     }
-    Ok(sampler.current_stage().map_or(mixture.stages.len(), |(i, _)| i))
+    Ok(sampler
+        .current_stage()
+        .map_or(mixture.stages.len(), |(i, _)| i))
 }
 
 /// The row length of a stage: its longest possible example (images and full text).
 pub fn seq_len(mixture: &Mixture, stage: usize) -> usize {
     let s = &mixture.stages[stage];
     let tokens_per_image = (s.resolution() as usize / PATCH).pow(2);
-    let images = mixture.tasks.keys().map(|t| mixture.images_per_example(t) as usize).max().unwrap_or(0);
+    let images = mixture
+        .tasks
+        .keys()
+        .map(|t| mixture.images_per_example(t) as usize)
+        .max()
+        .unwrap_or(0);
     images * tokens_per_image + s.text_len() as usize
 }
 
 /// Starts stage `stage` of `mixture` from `state` (the default state: the run's beginning).
-pub fn stage_stream(mixture: &Mixture, stage: usize, options: &RunOptions, state: StreamState) -> Result<BatchStream, PipelineError> {
+pub fn stage_stream(
+    mixture: &Mixture,
+    stage: usize,
+    options: &RunOptions,
+    state: StreamState,
+) -> Result<BatchStream, PipelineError> {
     let mut config = stage_config(mixture, stage, options)?;
     // The spec sets how much bad data its job tolerates.
     config.bad_input.max_fraction = mixture.max_bad_fraction;
@@ -99,8 +123,17 @@ pub fn stage_stream(mixture: &Mixture, stage: usize, options: &RunOptions, state
     BatchStream::start(config, Box::new(StageSchedule { sampler, stage }), state)
 }
 
-fn stage_config(mixture: &Mixture, stage: usize, options: &RunOptions) -> Result<StreamConfig, PipelineError> {
-    let spec = mixture.stages.get(stage).ok_or_else(|| PipelineError::Config(format!("stages[{stage}]: the mixture has {} stages", mixture.stages.len())))?;
+fn stage_config(
+    mixture: &Mixture,
+    stage: usize,
+    options: &RunOptions,
+) -> Result<StreamConfig, PipelineError> {
+    let spec = mixture.stages.get(stage).ok_or_else(|| {
+        PipelineError::Config(format!(
+            "stages[{stage}]: the mixture has {} stages",
+            mixture.stages.len()
+        ))
+    })?;
     let resolution = spec.resolution() as usize;
     let text_len = spec.text_len() as usize;
     let weights = mixture.stage_weights(stage).unwrap_or_default();
@@ -124,7 +157,9 @@ fn stage_config(mixture: &Mixture, stage: usize, options: &RunOptions) -> Result
         let templates = [task.prefix_template(), task.suffix_template()];
         let mut columns: Vec<(String, String)> = Vec::new();
         for template in &templates {
-            let template = template.as_ref().map_err(|e| PipelineError::Config(format!("{}: {e}", key("prefix/suffix"))))?;
+            let template = template
+                .as_ref()
+                .map_err(|e| PipelineError::Config(format!("{}: {e}", key("prefix/suffix"))))?;
             for column in template.columns() {
                 let pair = (column.to_string(), source.column(column).to_string());
                 if !columns.contains(&pair) {
@@ -138,7 +173,9 @@ fn stage_config(mixture: &Mixture, stage: usize, options: &RunOptions) -> Result
             suffix: task.suffix.clone(),
             resolution,
             patch: PATCH,
-            text_len: task.max_text_len.map_or(text_len, |cap| (cap as usize).min(text_len)),
+            text_len: task
+                .max_text_len
+                .map_or(text_len, |cap| (cap as usize).min(text_len)),
             over_length: match task.over_length {
                 mixtures::OverLength::Truncate => OverLength::Truncate,
                 mixtures::OverLength::Skip => OverLength::Skip,
@@ -150,8 +187,18 @@ fn stage_config(mixture: &Mixture, stage: usize, options: &RunOptions) -> Result
             value: serde_json::to_value(&f.equals).expect("plain data"),
         });
         let active = weights.iter().any(|(t, w)| t == name && *w > 0.0);
-        let source = source_names.iter().position(|s| **s == task.source).expect("validated");
-        tasks.push(StreamTask { name: name.clone(), source, columns, filter, formatter, active });
+        let source = source_names
+            .iter()
+            .position(|s| **s == task.source)
+            .expect("validated");
+        tasks.push(StreamTask {
+            name: name.clone(),
+            source,
+            columns,
+            filter,
+            formatter,
+            active,
+        });
     }
     let tokens_per_image = (resolution / PATCH).pow(2);
     let pack = PackConfig {
@@ -184,14 +231,27 @@ pub struct SourceFacts {
 }
 
 /// Reads every source's footers (not its rows): the facts a spec is checked against.
-pub fn inspect_sources(mixture: &Mixture) -> std::collections::BTreeMap<String, Result<SourceFacts, String>> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+pub fn inspect_sources(
+    mixture: &Mixture,
+) -> std::collections::BTreeMap<String, Result<SourceFacts, String>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
     runtime.block_on(async {
         let mut facts = std::collections::BTreeMap::new();
         for (name, source) in &mixture.sources {
-            let config = SourceConfig { image_columns: source.image_columns.clone(), ..SourceConfig::new(source.data.clone()) };
+            let config = SourceConfig {
+                image_columns: source.image_columns.clone(),
+                ..SourceConfig::new(source.data.clone())
+            };
             let opened = crate::source::OpenSource::open(config).await;
-            let fact = opened.map(|s| SourceFacts { columns: s.columns(), rows: s.rows() as u64 }).map_err(|e| e.to_string());
+            let fact = opened
+                .map(|s| SourceFacts {
+                    columns: s.columns(),
+                    rows: s.rows() as u64,
+                })
+                .map_err(|e| e.to_string());
             facts.insert(name.clone(), fact);
         }
         facts

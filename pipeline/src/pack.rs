@@ -35,7 +35,13 @@ pub enum PackError {
         "example from {origin} has {len} tokens and {images} images; a row holds {seq_len} tokens \
          and {max_images} images"
     )]
-    TooBig { origin: Location, len: usize, images: usize, seq_len: usize, max_images: usize },
+    TooBig {
+        origin: Location,
+        len: usize,
+        images: usize,
+        seq_len: usize,
+        max_images: usize,
+    },
     #[error("example from {origin}: {message}")]
     Malformed { origin: Location, message: String },
 }
@@ -49,7 +55,9 @@ pub struct Packer {
 impl Packer {
     pub fn new(config: PackConfig) -> Result<Self, PackError> {
         if config.rows == 0 || config.seq_len == 0 {
-            return Err(PackError::Config(format!("rows and seq_len must be positive: {config:?}")));
+            return Err(PackError::Config(format!(
+                "rows and seq_len must be positive: {config:?}"
+            )));
         }
         Ok(Self { config, open: None })
     }
@@ -86,7 +94,12 @@ impl Packer {
 
     fn check(&self, ex: &Example) -> Result<(), PackError> {
         let c = &self.config;
-        let malformed = |message: String| Err(PackError::Malformed { origin: ex.origin.clone(), message });
+        let malformed = |message: String| {
+            Err(PackError::Malformed {
+                origin: ex.origin.clone(),
+                message,
+            })
+        };
         if ex.len() > c.seq_len || ex.images.len() > c.max_images_per_row {
             return Err(PackError::TooBig {
                 origin: ex.origin.clone(),
@@ -100,15 +113,26 @@ impl Packer {
             return malformed("no tokens".into());
         }
         if ex.prefix_len > ex.len() {
-            return malformed(format!("prefix length {} is past its {} tokens", ex.prefix_len, ex.len()));
+            return malformed(format!(
+                "prefix length {} is past its {} tokens",
+                ex.prefix_len,
+                ex.len()
+            ));
         }
         if ex.image_starts.len() != ex.images.len() {
-            return malformed(format!("{} image starts for {} images", ex.image_starts.len(), ex.images.len()));
+            return malformed(format!(
+                "{} image starts for {} images",
+                ex.image_starts.len(),
+                ex.images.len()
+            ));
         }
         let pixels = 3 * c.resolution * c.resolution;
         for (image, &start) in ex.images.iter().zip(&ex.image_starts) {
             if image.len() != pixels {
-                return malformed(format!("an image has {} values, expected {pixels}", image.len()));
+                return malformed(format!(
+                    "an image has {} values, expected {pixels}",
+                    image.len()
+                ));
             }
             if start + c.tokens_per_image > ex.prefix_len {
                 return malformed(format!("image tokens at {start} run past the prefix"));
@@ -184,7 +208,10 @@ impl Open {
             self.loss_weights[at] = ex.loss_weight(t);
         }
         for (image, &image_start) in ex.images.into_iter().zip(&ex.image_starts) {
-            let slot = ImageSlot { row: row as u32, start: (start + image_start) as u32 };
+            let slot = ImageSlot {
+                row: row as u32,
+                start: (start + image_start) as u32,
+            };
             self.images.push((slot, image));
         }
         self.segments.push(Segment {

@@ -38,7 +38,9 @@ impl Schedule for SingleTask {
     }
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), PipelineError> {
-        self.spent = state.as_bool().ok_or_else(|| PipelineError::State(format!("expected a bool, got {state}")))?;
+        self.spent = state
+            .as_bool()
+            .ok_or_else(|| PipelineError::State(format!("expected a bool, got {state}")))?;
         Ok(())
     }
 }

@@ -9,11 +9,12 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::{Receiver, bounded};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::PipelineError;
 use crate::bad_input::{BadInput, BadInputPolicy, BadInputStats};
 use crate::batch::Batch;
 use crate::example::Example;
@@ -21,9 +22,10 @@ use crate::format::Formatter;
 use crate::image::ImageProcessor;
 use crate::pack::{PackConfig, Packer};
 use crate::schedule::Schedule;
-use crate::source::{Cursor, Fetcher, OpenSource, Reader, RowFilter, ShardSpec, SourceConfig, SourceItem};
+use crate::source::{
+    Cursor, Fetcher, OpenSource, Reader, RowFilter, ShardSpec, SourceConfig, SourceItem,
+};
 use crate::text::PaliTokenizer;
-use crate::PipelineError;
 
 /// One task of the stream: which source feeds it and how its rows become examples.
 pub struct StreamTask {
@@ -94,10 +96,16 @@ const READ_AHEAD: usize = 64;
 
 impl BatchStream {
     /// Starts the stream from `state` (the default state starts from the beginning).
-    pub fn start(config: StreamConfig, mut schedule: Box<dyn Schedule>, state: StreamState) -> Result<Self, PipelineError> {
+    pub fn start(
+        config: StreamConfig,
+        mut schedule: Box<dyn Schedule>,
+        state: StreamState,
+    ) -> Result<Self, PipelineError> {
         let n_tasks = config.tasks.len();
         if n_tasks == 0 {
-            return Err(PipelineError::Config("a stream needs at least one task".into()));
+            return Err(PipelineError::Config(
+                "a stream needs at least one task".into(),
+            ));
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -111,14 +119,28 @@ impl BatchStream {
         let sources: Vec<Option<Arc<OpenSource>>> = runtime.block_on(async {
             let opened = config.sources.iter().enumerate().map(|(s, source)| {
                 let source = source.clone();
-                async move { if used(s) { OpenSource::open(source).await.map(|s| Some(Arc::new(s))) } else { Ok(None) } }
+                async move {
+                    if used(s) {
+                        OpenSource::open(source).await.map(|s| Some(Arc::new(s)))
+                    } else {
+                        Ok(None)
+                    }
+                }
             });
-            futures::future::join_all(opened).await.into_iter().collect::<Result<_, _>>()
+            futures::future::join_all(opened)
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()
         })?;
         let mut state = state;
         state.cursors.resize(n_tasks, Cursor::default());
         state.tasks.resize(n_tasks, TaskCounters::default());
-        let fresh = state == StreamState { cursors: state.cursors.clone(), tasks: state.tasks.clone(), ..Default::default() };
+        let fresh = state
+            == StreamState {
+                cursors: state.cursors.clone(),
+                tasks: state.tasks.clone(),
+                ..Default::default()
+            };
         if fresh {
             // Shards whose footer is unreadable have no rows to stream; count them once, here.
             for bad in sources.iter().flatten().flat_map(|s| s.unreadable.iter()) {
@@ -135,7 +157,9 @@ impl BatchStream {
                 receivers.push(None);
                 continue;
             }
-            let source = sources[task.source].clone().expect("opened for its active tasks");
+            let source = sources[task.source]
+                .clone()
+                .expect("opened for its active tasks");
             let fetch = source.config.fetch.clone();
             let reader = Reader {
                 source,
@@ -150,19 +174,34 @@ impl BatchStream {
             runtime.spawn(reader.run(state.cursors[t], tx));
             receivers.push(Some(rx));
         }
-        let threads = if config.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { config.threads };
+        let threads = if config.threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            config.threads
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("paliforge-cpu-{i}"))
             .build()
             .map_err(|e| PipelineError::Config(format!("cannot start the worker pool: {e}")))?;
         let (tx, batches) = bounded(config.prefetch.max(1));
-        let coordinator = Coordinator { config, schedule, receivers, state, pool, window: threads * WINDOW_PER_THREAD };
+        let coordinator = Coordinator {
+            config,
+            schedule,
+            receivers,
+            state,
+            pool,
+            window: threads * WINDOW_PER_THREAD,
+        };
         let coordinator = std::thread::Builder::new()
             .name("paliforge-stream".into())
             .spawn(move || coordinator.run(tx))
             .map_err(|e| PipelineError::Config(format!("cannot start the stream thread: {e}")))?;
-        Ok(Self { batches, coordinator: Some(coordinator), _runtime: runtime })
+        Ok(Self {
+            batches,
+            coordinator: Some(coordinator),
+            _runtime: runtime,
+        })
     }
 }
 
@@ -256,10 +295,19 @@ impl Coordinator {
         Ok(())
     }
 
-    fn emit(&mut self, batch: Batch, mut resume: StreamState, tx: &Sender) -> Result<(), PipelineError> {
+    fn emit(
+        &mut self,
+        batch: Batch,
+        mut resume: StreamState,
+        tx: &Sender,
+    ) -> Result<(), PipelineError> {
         self.state.batches += 1;
         resume.batches = self.state.batches;
-        tx.send(Ok(StreamBatch { batch, state: resume })).map_err(|_| PipelineError::Closed)
+        tx.send(Ok(StreamBatch {
+            batch,
+            state: resume,
+        }))
+        .map_err(|_| PipelineError::Closed)
     }
 
     /// Draws up to a window of rows in schedule order; empty once every task is spent.
@@ -268,8 +316,12 @@ impl Coordinator {
         let mut cursors = self.state.cursors.clone();
         let mut schedule_before = self.state.schedule.clone();
         while drawn.len() < self.window {
-            let Some(task) = self.schedule.next_task() else { break };
-            let received = self.receivers[task].as_mut().and_then(|rx| rx.blocking_recv());
+            let Some(task) = self.schedule.next_task() else {
+                break;
+            };
+            let received = self.receivers[task]
+                .as_mut()
+                .and_then(|rx| rx.blocking_recv());
             match received {
                 Some(SourceItem::Row { item, after }) => {
                     let cursors_before = cursors.clone();
@@ -279,21 +331,28 @@ impl Coordinator {
                         task,
                         item,
                         cursors_before,
-                        schedule_before: std::mem::replace(&mut schedule_before, schedule_after.clone()),
+                        schedule_before: std::mem::replace(
+                            &mut schedule_before,
+                            schedule_after.clone(),
+                        ),
                         cursors_after: cursors.clone(),
                         schedule_after,
                     });
                 }
                 Some(SourceItem::EpochEnd { after }) => {
                     // Not a row: take the draw back, count the pass, and draw again.
-                    self.schedule.restore(&schedule_before).expect("a state it produced");
+                    self.schedule
+                        .restore(&schedule_before)
+                        .expect("a state it produced");
                     self.schedule.end_epoch(task);
                     cursors[task] = after;
                     schedule_before = self.schedule.state();
                 }
                 None => {
                     // The task's source has spent its epochs: take the draw back, drop the task.
-                    self.schedule.restore(&schedule_before).expect("a state it produced");
+                    self.schedule
+                        .restore(&schedule_before)
+                        .expect("a state it produced");
                     self.schedule.exhausted(task);
                     self.receivers[task] = None;
                     schedule_before = self.schedule.state();
@@ -315,10 +374,17 @@ impl Coordinator {
                     let mut pixels = Vec::with_capacity(record.images.len());
                     for image in &record.images {
                         let at = record.location.with_column(&image.column);
-                        let decoded = images.process(&image.bytes, resolution as u32).map_err(|e| BadInput::new(e.reason(), at, e.to_string()))?;
+                        let decoded = images
+                            .process(&image.bytes, resolution as u32)
+                            .map_err(|e| BadInput::new(e.reason(), at, e.to_string()))?;
                         pixels.push(decoded);
                     }
-                    tasks[d.task].formatter.format(&record.fields, pixels, record.location.clone(), tokenizer)
+                    tasks[d.task].formatter.format(
+                        &record.fields,
+                        pixels,
+                        record.location.clone(),
+                        tokenizer,
+                    )
                 })
                 .collect()
         })

@@ -31,8 +31,15 @@ pub enum TokenizerError {
          <loc0000>..<loc1023> and <seg000>..<seg127> (scripts/make_gemma_tokenizer.sh builds Gemma's)"
     )]
     MissingToken { tokenizer: String, token: String },
-    #[error("tokenizer {tokenizer}: {text:?} encodes to {ids:?}, expected the single id {expected:?}")]
-    NotSingleToken { tokenizer: String, text: String, ids: Vec<u32>, expected: Vec<u32> },
+    #[error(
+        "tokenizer {tokenizer}: {text:?} encodes to {ids:?}, expected the single id {expected:?}"
+    )]
+    NotSingleToken {
+        tokenizer: String,
+        text: String,
+        ids: Vec<u32>,
+        expected: Vec<u32>,
+    },
     #[error("tokenizer: {0}")]
     Tokenizers(String),
 }
@@ -66,8 +73,10 @@ impl PaliTokenizer {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let inner = Tokenizer::from_file(path)
-            .map_err(|e| TokenizerError::Load { path: name.clone(), message: e.to_string() })?;
+        let inner = Tokenizer::from_file(path).map_err(|e| TokenizerError::Load {
+            path: name.clone(),
+            message: e.to_string(),
+        })?;
         Self::resolve(inner, name)
     }
 
@@ -80,10 +89,17 @@ impl PaliTokenizer {
         let id = |token: &str| {
             inner
                 .token_to_id(token)
-                .ok_or_else(|| TokenizerError::MissingToken { tokenizer: name.clone(), token: token.to_string() })
+                .ok_or_else(|| TokenizerError::MissingToken {
+                    tokenizer: name.clone(),
+                    token: token.to_string(),
+                })
         };
-        let loc = (0..LOC_TOKENS).map(|i| id(&loc_token(i))).collect::<Result<Vec<_>, _>>()?;
-        let seg = (0..SEG_TOKENS).map(|i| id(&seg_token(i))).collect::<Result<Vec<_>, _>>()?;
+        let loc = (0..LOC_TOKENS)
+            .map(|i| id(&loc_token(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let seg = (0..SEG_TOKENS)
+            .map(|i| id(&seg_token(i)))
+            .collect::<Result<Vec<_>, _>>()?;
         let (image, bos, eos, pad) = (id("<image>")?, id("<bos>")?, id("<eos>")?, id("<pad>")?);
 
         // The separator is resolved by encoding, not by name: byte-level vocabularies spell "\n"
@@ -101,18 +117,39 @@ impl PaliTokenizer {
 
         // Being in the vocabulary is not enough: a token that is not an added token (or one the
         // normalizer rewrites) gets split by the model. Check that each one's text round-trips.
-        let named =
-            [("<image>", image), ("<bos>", bos), ("<eos>", eos), ("<pad>", pad)].map(|(t, id)| (t.to_string(), id));
+        let named = [
+            ("<image>", image),
+            ("<bos>", bos),
+            ("<eos>", eos),
+            ("<pad>", pad),
+        ]
+        .map(|(t, id)| (t.to_string(), id));
         let locs = loc.iter().enumerate().map(|(i, &id)| (loc_token(i), id));
         let segs = seg.iter().enumerate().map(|(i, &id)| (seg_token(i), id));
         for (text, expected) in named.into_iter().chain(locs).chain(segs) {
             let ids = encode(&text).map_err(tokenizers_error)?;
             if ids != [expected] {
-                return Err(TokenizerError::NotSingleToken { tokenizer: name, text, ids, expected: vec![expected] });
+                return Err(TokenizerError::NotSingleToken {
+                    tokenizer: name,
+                    text,
+                    ids,
+                    expected: vec![expected],
+                });
             }
         }
 
-        Ok(Self { inner, special: SpecialIds { image, bos, eos, pad, sep }, loc, seg })
+        Ok(Self {
+            inner,
+            special: SpecialIds {
+                image,
+                bos,
+                eos,
+                pad,
+                sep,
+            },
+            loc,
+            seg,
+        })
     }
 
     pub fn special(&self) -> SpecialIds {
@@ -139,12 +176,18 @@ impl PaliTokenizer {
 
     /// Token ids of `text`, without special tokens around it (the layout adds its own).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let encoding = self.inner.encode_fast(text, false).map_err(tokenizers_error)?;
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(tokenizers_error)?;
         Ok(encoding.get_ids().to_vec())
     }
 
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, TokenizerError> {
-        let encodings = self.inner.encode_batch_fast(texts.to_vec(), false).map_err(tokenizers_error)?;
+        let encodings = self
+            .inner
+            .encode_batch_fast(texts.to_vec(), false)
+            .map_err(tokenizers_error)?;
         Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
@@ -159,9 +202,15 @@ impl PaliTokenizer {
 /// can split them.
 pub fn add_paligemma_tokens(tokenizer: &mut Tokenizer) -> Result<(), TokenizerError> {
     let plain = |content: String| AddedToken::from(content, false).normalized(false);
-    tokenizer.add_tokens((0..LOC_TOKENS).map(|i| plain(loc_token(i)))).map_err(tokenizers_error)?;
-    tokenizer.add_tokens((0..SEG_TOKENS).map(|i| plain(seg_token(i)))).map_err(tokenizers_error)?;
-    tokenizer.add_special_tokens([AddedToken::from("<image>", true).normalized(false)]).map_err(tokenizers_error)?;
+    tokenizer
+        .add_tokens((0..LOC_TOKENS).map(|i| plain(loc_token(i))))
+        .map_err(tokenizers_error)?;
+    tokenizer
+        .add_tokens((0..SEG_TOKENS).map(|i| plain(seg_token(i))))
+        .map_err(tokenizers_error)?;
+    tokenizer
+        .add_special_tokens([AddedToken::from("<image>", true).normalized(false)])
+        .map_err(tokenizers_error)?;
     Ok(())
 }
 
@@ -177,7 +226,9 @@ pub fn train_tokenizer<'a>(
     vocab_size: usize,
 ) -> Result<Tokenizer, TokenizerError> {
     let mut tokenizer = Tokenizer::new(BPE::default());
-    tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, false, true))).with_decoder(Some(ByteLevel::default()));
+    tokenizer
+        .with_pre_tokenizer(Some(ByteLevel::new(false, false, true)))
+        .with_decoder(Some(ByteLevel::default()));
     let specials = ["<pad>", "<eos>", "<bos>"].map(|t| AddedToken::from(t, true));
     let mut trainer: TrainerWrapper = BpeTrainer::builder()
         .vocab_size(vocab_size)
@@ -187,7 +238,9 @@ pub fn train_tokenizer<'a>(
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect::<HashSet<_>>())
         .build()
         .into();
-    tokenizer.train(&mut trainer, texts).map_err(tokenizers_error)?;
+    tokenizer
+        .train(&mut trainer, texts)
+        .map_err(tokenizers_error)?;
     add_paligemma_tokens(&mut tokenizer)?;
     Ok(tokenizer)
 }

@@ -32,7 +32,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-pub use manifest::{MANIFEST_FILE, MANIFEST_FORMAT, Manifest, Parameters, ShardInfo, Split, sha256_file};
+pub use manifest::{
+    MANIFEST_FILE, MANIFEST_FORMAT, Manifest, Parameters, ShardInfo, Split, sha256_file,
+};
 pub use row::{ImageCell, ImageValue, Row};
 pub use schema::{DataType, Field, RowMismatch, Schema};
 
@@ -107,12 +109,19 @@ pub enum WriterError {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error("{}: {source}", path.display())]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("invalid writer configuration: {0}")]
     Config(String),
     /// A row that does not fit the schema; `row` counts the rows given to this writer from 0.
     #[error("row {row}: {message}")]
-    Row { row: u64, column: String, message: String },
+    Row {
+        row: u64,
+        column: String,
+        message: String,
+    },
     #[error("manifest: {0}")]
     Manifest(String),
     #[error(transparent)]
@@ -123,7 +132,10 @@ pub enum WriterError {
 
 impl WriterError {
     fn io(path: &Path, source: io::Error) -> Self {
-        WriterError::Io { path: path.to_path_buf(), source }
+        WriterError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -166,7 +178,9 @@ impl ShardWriter {
             )));
         }
         if config.rows_per_row_group == 0 || config.rows_per_shard == 0 {
-            return Err(WriterError::Config("rows per row group and per shard must be positive".into()));
+            return Err(WriterError::Config(
+                "rows per row group and per shard must be positive".into(),
+            ));
         }
         fs::create_dir_all(&dir).map_err(|e| WriterError::io(&dir, e))?;
         // The manifest stops listing the split before any of its files change.
@@ -204,8 +218,15 @@ impl ShardWriter {
     /// Adds a row. A row that does not fit the schema is refused with an error naming it and
     /// its column, and the writer stays usable: the caller may report it and go on.
     pub fn write(&mut self, row: Row) -> Result<(), WriterError> {
-        let refuse = |column: String, message: String| WriterError::Row { row: self.rows, column, message };
-        self.config.schema.check(&row).map_err(|m| refuse(m.column, m.message))?;
+        let refuse = |column: String, message: String| WriterError::Row {
+            row: self.rows,
+            column,
+            message,
+        };
+        self.config
+            .schema
+            .check(&row)
+            .map_err(|m| refuse(m.column, m.message))?;
         let bytes = row.approx_bytes();
         if bytes > MAX_ROW_BYTES {
             return Err(refuse(
@@ -279,15 +300,27 @@ impl ShardWriter {
         let name = format!("{}-{:05}.parquet", self.config.prefix, self.shards.len());
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let file = File::create(&tmp).map_err(|e| WriterError::io(&tmp, e))?;
-        let sink = HashingFile { file, hasher: Sha256::new(), bytes: 0 };
-        let writer = ArrowWriter::try_new(sink, self.arrow_schema.clone(), Some(self.properties.clone()))?;
+        let sink = HashingFile {
+            file,
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        let writer = ArrowWriter::try_new(
+            sink,
+            self.arrow_schema.clone(),
+            Some(self.properties.clone()),
+        )?;
         Ok(OpenShard { name, tmp, writer })
     }
 
     /// Writes the footer, then gives the shard its real name.
     fn close_shard(&mut self) -> Result<(), WriterError> {
         self.write_batch()?;
-        let OpenShard { name, tmp, mut writer } = self.open.take().expect("write_batch opens a shard");
+        let OpenShard {
+            name,
+            tmp,
+            mut writer,
+        } = self.open.take().expect("write_batch opens a shard");
         writer.flush()?;
         let row_groups = writer.flushed_row_groups().len();
         let sink = writer.into_inner()?;
@@ -321,7 +354,11 @@ fn writer_properties(
 ) -> Result<WriterProperties, WriterError> {
     // The schema's metadata also as plain key-values, where pyarrow puts it: tools that read
     // the footer alone (and `datasets` through them) find the features there.
-    let metadata = arrow_schema.metadata().iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
+    let metadata = arrow_schema
+        .metadata()
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect();
     let mut builder = WriterProperties::builder()
         .set_compression(config.compression.to_parquet()?)
         .set_max_row_group_row_count(Some(config.rows_per_row_group))
@@ -330,7 +367,10 @@ fn writer_properties(
     let parquet_schema = ArrowSchemaConverter::new().convert(arrow_schema)?;
     for column in parquet_schema.columns() {
         let parts = column.path().parts();
-        let in_image_column = config.schema.get(&parts[0]).is_some_and(|c| is_image_column(&c.data_type));
+        let in_image_column = config
+            .schema
+            .get(&parts[0])
+            .is_some_and(|c| is_image_column(&c.data_type));
         if in_image_column && parts.last().is_some_and(|p| p == "bytes") {
             // Encoded images are all distinct and their min/max mean nothing: no dictionary,
             // no statistics, only the image codec.
@@ -350,7 +390,10 @@ fn remove_split_files(dir: &Path, prefix: &str) -> Result<(), WriterError> {
         let entry = entry.map_err(|e| WriterError::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let shard = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")).unwrap_or(name);
+        let shard = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .unwrap_or(name);
         let index = shard
             .strip_prefix(prefix)
             .and_then(|n| n.strip_prefix('-'))
@@ -369,7 +412,9 @@ fn publish(file: &File, tmp: &Path, path: &Path) -> Result<(), WriterError> {
     fs::rename(tmp, path).map_err(|e| WriterError::io(path, e))?;
     #[cfg(unix)]
     if let Some(dir) = path.parent() {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| WriterError::io(dir, e))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| WriterError::io(dir, e))?;
     }
     Ok(())
 }

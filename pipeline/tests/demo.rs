@@ -28,8 +28,12 @@ fn small(seed: u64) -> DemoConfig {
 }
 
 fn generate(dir: &Path, config: &DemoConfig, threads: usize) {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-    pool.install(|| demo::generate_with_progress(dir, config, &ProgressBar::hidden())).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| demo::generate_with_progress(dir, config, &ProgressBar::hidden()))
+        .unwrap();
 }
 
 /// Every file under `dir` by relative path, with its bytes.
@@ -42,7 +46,11 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                let name = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                let name = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 out.insert(name, fs::read(&path).unwrap());
             }
         }
@@ -55,19 +63,30 @@ fn read_split(dir: &Path, split: &str) -> Vec<RecordBatch> {
     manifest.verify(dir).unwrap();
     let mut batches = Vec::new();
     for path in manifest.shard_paths(dir, split) {
-        let reader =
-            ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap().build().unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
         batches.extend(reader.map(Result::unwrap));
     }
     batches
 }
 
 fn strings(batch: &RecordBatch, column: &str) -> Vec<String> {
-    batch.column_by_name(column).unwrap().as_string::<i32>().iter().map(|s| s.unwrap().to_string()).collect()
+    batch
+        .column_by_name(column)
+        .unwrap()
+        .as_string::<i32>()
+        .iter()
+        .map(|s| s.unwrap().to_string())
+        .collect()
 }
 
 fn shape_named(name: &str) -> Shape {
-    Shape::ALL.into_iter().find(|s| s.name() == name).unwrap_or_else(|| panic!("no shape {name:?}"))
+    Shape::ALL
+        .into_iter()
+        .find(|s| s.name() == name)
+        .unwrap_or_else(|| panic!("no shape {name:?}"))
 }
 
 /// The answer the scene implies, worked out here from the objects alone.
@@ -75,13 +94,26 @@ fn expected_answer(scene: &Scene, question: &str) -> String {
     let words: Vec<&str> = question.trim_end_matches('?').split(' ').collect();
     match words.as_slice() {
         ["what", "colour", "is", "the", shape] => {
-            let matching: Vec<_> = scene.objects.iter().filter(|o| o.shape.name() == *shape).collect();
-            assert_eq!(matching.len(), 1, "{question:?} asked of a scene without exactly one {shape}");
+            let matching: Vec<_> = scene
+                .objects
+                .iter()
+                .filter(|o| o.shape.name() == *shape)
+                .collect();
+            assert_eq!(
+                matching.len(),
+                1,
+                "{question:?} asked of a scene without exactly one {shape}"
+            );
             matching[0].colour.name().to_string()
         }
         ["how", "many", plural, "are", "there"] => {
             let shape = plural.strip_suffix('s').unwrap();
-            scene.objects.iter().filter(|o| o.shape.name() == shape).count().to_string()
+            scene
+                .objects
+                .iter()
+                .filter(|o| o.shape.name() == shape)
+                .count()
+                .to_string()
         }
         ["where", "is", "the", colour, shape] => {
             let matching: Vec<_> = scene
@@ -98,19 +130,27 @@ fn expected_answer(scene: &Scene, question: &str) -> String {
 
 #[test]
 fn the_same_arguments_give_the_same_bytes_on_any_number_of_threads() {
-    let (a, b, c) =
-        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     generate(a.path(), &small(7), 1);
     generate(b.path(), &small(7), 3);
     generate(c.path(), &small(8), 2);
     let (a, b, c) = (files(a.path()), files(b.path()), files(c.path()));
-    assert!(a.contains_key("scenes/train-00002.parquet") && a.contains_key("pairs/test-00000.parquet"));
+    assert!(
+        a.contains_key("scenes/train-00002.parquet") && a.contains_key("pairs/test-00000.parquet")
+    );
     assert!(a.contains_key("README.md") && a.contains_key("scenes/manifest.json"));
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (name, bytes) in &a {
         assert!(bytes == &b[name], "{name} differs between runs");
     }
-    assert_ne!(a["scenes/train-00000.parquet"], c["scenes/train-00000.parquet"], "another seed, other data");
+    assert_ne!(
+        a["scenes/train-00000.parquet"], c["scenes/train-00000.parquet"],
+        "another seed, other data"
+    );
 }
 
 #[test]
@@ -121,7 +161,14 @@ fn scene_rows_say_what_the_scene_shows() {
     let scenes = dir.path().join("scenes");
     let manifest = Manifest::read(&scenes).unwrap();
     assert_eq!(manifest.splits["train"].rows, 150);
-    assert_eq!(manifest.splits["train"].shards.iter().map(|s| s.rows).collect::<Vec<_>>(), [64, 64, 22]);
+    assert_eq!(
+        manifest.splits["train"]
+            .shards
+            .iter()
+            .map(|s| s.rows)
+            .collect::<Vec<_>>(),
+        [64, 64, 22]
+    );
 
     let mut kinds = HashSet::new();
     let mut index = 0;
@@ -142,19 +189,31 @@ fn scene_rows_say_what_the_scene_shows() {
             // Caption: the objects left to right.
             let mut ordered = scene.objects.clone();
             ordered.sort_by(|a, b| a.cx.total_cmp(&b.cx));
-            let phrases: Vec<String> =
-                ordered.iter().map(|o| format!("a {} {}", o.colour.name(), o.shape.name())).collect();
+            let phrases: Vec<String> = ordered
+                .iter()
+                .map(|o| format!("a {} {}", o.colour.name(), o.shape.name()))
+                .collect();
             assert_eq!(captions[r], phrases.join(" left of "), "row {index}");
 
-            assert_eq!(answers[r], expected_answer(&scene, &questions[r]), "row {index}: {:?}", questions[r]);
+            assert_eq!(
+                answers[r],
+                expected_answer(&scene, &questions[r]),
+                "row {index}: {:?}",
+                questions[r]
+            );
             kinds.insert(questions[r].split(' ').next().unwrap().to_string());
 
             // Detection: exactly the boxes of the label's shape, inside the image.
             let label = shape_named(&labels[r]);
             let boxes = objects.value(r);
             let boxes = boxes.as_struct();
-            let corner =
-                |name: &str| boxes.column_by_name(name).unwrap().as_primitive::<Float64Type>().clone();
+            let corner = |name: &str| {
+                boxes
+                    .column_by_name(name)
+                    .unwrap()
+                    .as_primitive::<Float64Type>()
+                    .clone()
+            };
             let (y0, x0, y1, x1) = (corner("y0"), corner("x0"), corner("y1"), corner("x1"));
             let box_labels: Vec<String> = boxes
                 .column_by_name("label")
@@ -195,7 +254,11 @@ fn scene_rows_say_what_the_scene_shows() {
         }
     }
     assert_eq!(index, 150);
-    assert_eq!(kinds, HashSet::from(["what".into(), "how".into(), "where".into()]), "all question kinds");
+    assert_eq!(
+        kinds,
+        HashSet::from(["what".into(), "how".into(), "where".into()]),
+        "all question kinds"
+    );
 }
 
 #[test]
@@ -210,17 +273,31 @@ fn pair_rows_compare_counts_and_test_rows_are_not_train_rows() {
         let (questions, given) = (strings(&batch, "question"), strings(&batch, "answer"));
         for r in 0..batch.num_rows() {
             let (first, second, shape) = demo::pair_at(config.seed, DemoSplit::Train, index);
-            assert_eq!(questions[r], format!("which image has more {}s?", shape.name()));
+            assert_eq!(
+                questions[r],
+                format!("which image has more {}s?", shape.name())
+            );
             let (a, b) = (first.count(shape), second.count(shape));
             assert_ne!(a, b, "row {index}");
-            assert_eq!(given[r], if a > b { "first" } else { "second" }, "row {index}");
+            assert_eq!(
+                given[r],
+                if a > b { "first" } else { "second" },
+                "row {index}"
+            );
             answers.insert(given[r].clone());
             let pair = images.value(r);
-            let bytes = pair.as_struct().column_by_name("bytes").unwrap().as_binary::<i32>();
+            let bytes = pair
+                .as_struct()
+                .column_by_name("bytes")
+                .unwrap()
+                .as_binary::<i32>();
             assert_eq!(bytes.len(), 2);
             for image in bytes.iter() {
                 let image = image::load_from_memory(image.unwrap()).unwrap();
-                assert_eq!((image.width(), image.height()), (config.image_size, config.image_size));
+                assert_eq!(
+                    (image.width(), image.height()),
+                    (config.image_size, config.image_size)
+                );
             }
             index += 1;
         }
@@ -235,30 +312,54 @@ fn pair_rows_compare_counts_and_test_rows_are_not_train_rows() {
             .flat_map(|b| {
                 let images = b.column_by_name("image").unwrap().as_struct();
                 let bytes = images.column_by_name("bytes").unwrap().as_binary::<i32>();
-                bytes.iter().map(|v| v.unwrap().to_vec()).collect::<Vec<_>>()
+                bytes
+                    .iter()
+                    .map(|v| v.unwrap().to_vec())
+                    .collect::<Vec<_>>()
             })
             .collect()
     };
     let (train, test) = (images("train"), images("test"));
     assert_eq!((train.len(), test.len()), (150, 40), "every image distinct");
     assert!(train.is_disjoint(&test));
-    assert_ne!(demo::scene_at(5, DemoSplit::Train, 0), demo::scene_at(5, DemoSplit::Test, 0));
+    assert_ne!(
+        demo::scene_at(5, DemoSplit::Train, 0),
+        demo::scene_at(5, DemoSplit::Test, 0)
+    );
 }
 
 #[test]
 fn png_images_and_the_readme_describe_the_columns() {
     let dir = tempfile::tempdir().unwrap();
-    let config = DemoConfig { format: DemoImageFormat::Png, train_rows: 5, test_rows: 2, ..small(1) };
+    let config = DemoConfig {
+        format: DemoImageFormat::Png,
+        train_rows: 5,
+        test_rows: 2,
+        ..small(1)
+    };
     generate(dir.path(), &config, 1);
     let batch = &read_split(&dir.path().join("scenes"), "train")[0];
     let images = batch.column_by_name("image").unwrap().as_struct();
     let bytes = images.column_by_name("bytes").unwrap().as_binary::<i32>();
     assert!(bytes.value(0).starts_with(b"\x89PNG"));
-    assert!(images.column_by_name("path").unwrap().as_string::<i32>().value(0).ends_with(".png"));
+    assert!(
+        images
+            .column_by_name("path")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0)
+            .ends_with(".png")
+    );
     let readme = fs::read_to_string(dir.path().join("README.md")).unwrap();
-    for column in
-        ["`image`", "`caption`", "`question`", "`answer`", "`detect_label`", "`objects`", "`images`"]
-    {
+    for column in [
+        "`image`",
+        "`caption`",
+        "`question`",
+        "`answer`",
+        "`detect_label`",
+        "`objects`",
+        "`images`",
+    ] {
         assert!(readme.contains(column), "README lacks {column}");
     }
 }

@@ -15,7 +15,10 @@ const IMG: u32 = 1180;
 const LOC0: u32 = 28;
 
 fn tokenizer() -> PaliTokenizer {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/text/wordlevel.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/text/wordlevel.json"
+    );
     let mut tok = Tokenizer::from_file(path).unwrap();
     add_paligemma_tokens(&mut tok).unwrap();
     PaliTokenizer::new(tok).unwrap()
@@ -35,7 +38,13 @@ fn config(prefix: &str, suffix: &str, text_len: usize, over_length: OverLength) 
 }
 
 fn vqa(text_len: usize, over_length: OverLength) -> Formatter {
-    Formatter::new(config("answer en {question}", "{answer}", text_len, over_length)).unwrap()
+    Formatter::new(config(
+        "answer en {question}",
+        "{answer}",
+        text_len,
+        over_length,
+    ))
+    .unwrap()
 }
 
 fn fields(value: Value) -> Map<String, Value> {
@@ -59,7 +68,9 @@ fn token_layout_and_masks_by_hand() {
     assert_eq!(f.tokens_per_image(), 4);
 
     let record = fields(json!({"question": "what colour is the circle?", "answer": "red"}));
-    let ex = f.format(&record, vec![image(0.5)], origin(3), &tok).unwrap();
+    let ex = f
+        .format(&record, vec![image(0.5)], origin(3), &tok)
+        .unwrap();
     // 4 image tokens, <bos>, answer en what colour is the circle ?, "\n", red, <eos>
     let expected = [IMG, IMG, IMG, IMG, 2, 5, 6, 7, 8, 9, 10, 11, 12, 3, 13, 1];
     assert_eq!(ex.tokens, expected);
@@ -69,8 +80,13 @@ fn token_layout_and_masks_by_hand() {
     assert_eq!(ex.origin, origin(3));
 
     let record = fields(json!({"question": "what colour is the square?", "answer": "blue"}));
-    let ex2 = f.format(&record, vec![image(-0.5)], origin(4), &tok).unwrap();
-    assert_eq!(ex2.tokens, [IMG, IMG, IMG, IMG, 2, 5, 6, 7, 8, 9, 10, 16, 12, 3, 14, 1]);
+    let ex2 = f
+        .format(&record, vec![image(-0.5)], origin(4), &tok)
+        .unwrap();
+    assert_eq!(
+        ex2.tokens,
+        [IMG, IMG, IMG, IMG, 2, 5, 6, 7, 8, 9, 10, 16, 12, 3, 14, 1]
+    );
 
     // Both in one row of 36: 16 + 16 tokens, then 4 of padding.
     let cfg = PackConfig {
@@ -125,10 +141,20 @@ fn token_layout_and_masks_by_hand() {
     assert_eq!(b.positions, positions);
     assert_eq!(b.causal, causal);
     assert_eq!(b.loss_weights, loss_weights);
-    assert_eq!(b.image_slots, [ImageSlot { row: 0, start: 0 }, ImageSlot { row: 0, start: 16 }]);
+    assert_eq!(
+        b.image_slots,
+        [
+            ImageSlot { row: 0, start: 0 },
+            ImageSlot { row: 0, start: 16 }
+        ]
+    );
     assert_eq!(b.image(0), image(0.5).as_slice());
     assert_eq!(b.image(1), image(-0.5).as_slice());
-    let segs: Vec<_> = b.segments.iter().map(|s| (s.row, s.id, s.start, s.len, s.task_id)).collect();
+    let segs: Vec<_> = b
+        .segments
+        .iter()
+        .map(|s| (s.row, s.id, s.start, s.len, s.task_id))
+        .collect();
     assert_eq!(segs, [(0, 1, 0, 16, 7), (0, 2, 16, 16, 7)]);
     assert_eq!(b.target_tokens(), 4);
 
@@ -136,7 +162,12 @@ fn token_layout_and_masks_by_hand() {
     // examples; padding sees nothing.
     assert!(b.attends(0, 0, 13) && b.attends(0, 13, 0) && b.attends(0, 4, 3));
     assert!(!b.attends(0, 3, 14) && !b.attends(0, 13, 14));
-    assert!(b.attends(0, 14, 0) && b.attends(0, 14, 14) && !b.attends(0, 14, 15) && b.attends(0, 15, 14));
+    assert!(
+        b.attends(0, 14, 0)
+            && b.attends(0, 14, 14)
+            && !b.attends(0, 14, 15)
+            && b.attends(0, 15, 14)
+    );
     assert!(!b.attends(0, 16, 15) && !b.attends(0, 15, 16) && !b.attends(0, 20, 0));
     assert!(b.attends(0, 16, 29) && !b.attends(0, 16, 30));
     assert!(!b.attends(0, 33, 33) && !b.attends(0, 33, 0));
@@ -145,13 +176,26 @@ fn token_layout_and_masks_by_hand() {
 #[test]
 fn text_only_and_multi_image_examples() {
     let tok = tokenizer();
-    let f = Formatter::new(config("caption en", "a {colour} circle", 10, OverLength::Skip)).unwrap();
+    let f = Formatter::new(config(
+        "caption en",
+        "a {colour} circle",
+        10,
+        OverLength::Skip,
+    ))
+    .unwrap();
     let record = fields(json!({"colour": "blue"}));
     let ex = f.format(&record, vec![], origin(0), &tok).unwrap();
     assert_eq!(ex.tokens, [2, 18, 6, 3, 15, 14, 11, 1]);
     assert_eq!((ex.prefix_len, ex.image_starts.len()), (4, 0));
 
-    let ex = f.format(&record, vec![image(0.0), image(1.0), image(-1.0)], origin(0), &tok).unwrap();
+    let ex = f
+        .format(
+            &record,
+            vec![image(0.0), image(1.0), image(-1.0)],
+            origin(0),
+            &tok,
+        )
+        .unwrap();
     assert_eq!(ex.len(), 12 + 8);
     assert_eq!(ex.prefix_len, 12 + 4);
     assert_eq!(ex.image_starts, [0, 4, 8]);
@@ -162,30 +206,41 @@ fn text_only_and_multi_image_examples() {
 #[test]
 fn over_length_truncates_the_suffix_end_or_skips() {
     let tok = tokenizer();
-    let record = fields(json!({"question": "what colour is the circle?", "answer": "red blue red"}));
+    let record =
+        fields(json!({"question": "what colour is the circle?", "answer": "red blue red"}));
     // Text: <bos> + 8 + "\n" = 10 of prefix, then 3 + <eos>: 14 in all.
-    let full = vqa(14, OverLength::Skip).format(&record, vec![image(0.)], origin(0), &tok).unwrap();
+    let full = vqa(14, OverLength::Skip)
+        .format(&record, vec![image(0.)], origin(0), &tok)
+        .unwrap();
     assert_eq!(full.tokens[14..], [13, 14, 13, 1]);
     assert!(!full.truncated);
 
     let mut stats = BadInputStats::default();
-    let cut = vqa(12, OverLength::Truncate).format(&record, vec![image(0.)], origin(0), &tok).unwrap();
+    let cut = vqa(12, OverLength::Truncate)
+        .format(&record, vec![image(0.)], origin(0), &tok)
+        .unwrap();
     assert!(cut.truncated);
     assert_eq!(cut.len(), 4 + 12);
     assert_eq!(cut.tokens[14..], [13, 14], "the end (<eos> first) is cut");
     let targets = (0..cut.len()).filter(|&t| cut.loss_weight(t) > 0.0).count();
     assert_eq!(targets, 2);
 
-    let skip = vqa(12, OverLength::Skip).format(&record, vec![image(0.)], origin(5), &tok).unwrap_err();
+    let skip = vqa(12, OverLength::Skip)
+        .format(&record, vec![image(0.)], origin(5), &tok)
+        .unwrap_err();
     assert_eq!(skip.reason, Reason::OverLength);
     assert_eq!(skip.location, origin(5));
     stats.record_bad(skip);
 
     // One target at least: a prefix that fills the text length is skipped whatever the policy.
-    let prefix_only = vqa(11, OverLength::Truncate).format(&record, vec![], origin(6), &tok).unwrap();
+    let prefix_only = vqa(11, OverLength::Truncate)
+        .format(&record, vec![], origin(6), &tok)
+        .unwrap();
     assert_eq!(prefix_only.tokens[10..], [13]);
     for policy in [OverLength::Truncate, OverLength::Skip] {
-        let err = vqa(10, policy).format(&record, vec![], origin(6), &tok).unwrap_err();
+        let err = vqa(10, policy)
+            .format(&record, vec![], origin(6), &tok)
+            .unwrap_err();
         assert_eq!(err.reason, Reason::OverLength);
         assert!(err.detail.contains("prefix"), "{}", err.detail);
         stats.record_bad(err);
@@ -201,7 +256,13 @@ fn loc_ids(bins: [u32; 4]) -> [u32; 4] {
 #[test]
 fn boxes_render_as_loc_tokens() {
     let tok = tokenizer();
-    let f = Formatter::new(config("detect {label}", "{box:loc} {label}", 64, OverLength::Skip)).unwrap();
+    let f = Formatter::new(config(
+        "detect {label}",
+        "{box:loc} {label}",
+        64,
+        OverLength::Skip,
+    ))
+    .unwrap();
     // 0.1 -> 102.3 -> 102; 0.2 -> 204.6 -> 205; 0.5 -> 511.5 -> 512 (half to even); 1.2 clamps.
     let record = fields(json!({"label": "cat", "box": [0.1, 0.2, 0.5, 1.2]}));
     let ex = f.format(&record, vec![], origin(0), &tok).unwrap();
@@ -209,13 +270,19 @@ fn boxes_render_as_loc_tokens() {
     assert_eq!(suffix[..4], loc_ids([102, 205, 512, 1023]));
     assert_eq!(suffix[4..], [19, 1]);
 
-    let record = fields(json!({"label": "dog", "box": {"x1": 0.0, "y1": 1.0, "x0": -3, "y0": 0.25, "score": 0.9}}));
+    let record = fields(
+        json!({"label": "dog", "box": {"x1": 0.0, "y1": 1.0, "x0": -3, "y0": 0.25, "score": 0.9}}),
+    );
     let ex = f.format(&record, vec![], origin(0), &tok).unwrap();
-    assert_eq!(ex.tokens[ex.prefix_len..ex.prefix_len + 4], loc_ids([256, 0, 1023, 0]));
+    assert_eq!(
+        ex.tokens[ex.prefix_len..ex.prefix_len + 4],
+        loc_ids([256, 0, 1023, 0])
+    );
 
     // A list of boxes, joined by " ; ".
     let f = Formatter::new(config("detect", "{boxes:loc}", 64, OverLength::Skip)).unwrap();
-    let record = fields(json!({"boxes": [[0, 0, 1, 1], {"y0": 0.5, "x0": 0.5, "y1": 0.75, "x1": 1}]}));
+    let record =
+        fields(json!({"boxes": [[0, 0, 1, 1], {"y0": 0.5, "x0": 0.5, "y1": 0.75, "x1": 1}]}));
     let ex = f.format(&record, vec![], origin(0), &tok).unwrap();
     let mut expected = loc_ids([0, 0, 1023, 1023]).to_vec();
     expected.push(21);
@@ -227,25 +294,41 @@ fn boxes_render_as_loc_tokens() {
 #[test]
 fn detections_render_boxes_then_labels() {
     let tok = tokenizer();
-    let f = Formatter::new(config("detect cat ; dog", "{objects:detections}", 64, OverLength::Skip)).unwrap();
+    let f = Formatter::new(config(
+        "detect cat ; dog",
+        "{objects:detections}",
+        64,
+        OverLength::Skip,
+    ))
+    .unwrap();
     let record = fields(json!({"objects": [
         {"box": [0.1, 0.2, 0.5, 1.0], "label": "cat"},
         {"y0": 0, "x0": 0, "y1": 0.5, "x1": 0.5, "label": " dog "},
     ]}));
     let ex = f.format(&record, vec![], origin(0), &tok).unwrap();
-    let expected_text = "<loc0102><loc0205><loc0512><loc1023> cat ; <loc0000><loc0000><loc0512><loc0512> dog";
+    let expected_text =
+        "<loc0102><loc0205><loc0512><loc1023> cat ; <loc0000><loc0000><loc0512><loc0512> dog";
     let mut expected = tok.encode(expected_text).unwrap();
     expected.push(1);
     assert_eq!(ex.tokens[ex.prefix_len..], expected);
-    assert_eq!(expected[..6], [LOC0 + 102, LOC0 + 205, LOC0 + 512, LOC0 + 1023, 19, 21]);
+    assert_eq!(
+        expected[..6],
+        [LOC0 + 102, LOC0 + 205, LOC0 + 512, LOC0 + 1023, 19, 21]
+    );
 
     let empty = fields(json!({"objects": []}));
     let ex = f.format(&empty, vec![], origin(0), &tok).unwrap();
-    assert_eq!(ex.tokens[ex.prefix_len..], [1], "no objects: an empty target");
+    assert_eq!(
+        ex.tokens[ex.prefix_len..],
+        [1],
+        "no objects: an empty target"
+    );
 }
 
 fn bad(formatter: &Formatter, record: Value) -> (Reason, Option<String>, String) {
-    let err = formatter.format(&fields(record), vec![], origin(9), &tokenizer()).unwrap_err();
+    let err = formatter
+        .format(&fields(record), vec![], origin(9), &tokenizer())
+        .unwrap_err();
     assert_eq!((err.location.row, err.location.row_group), (9, 2));
     (err.reason, err.location.column, err.detail)
 }
@@ -261,7 +344,10 @@ fn bad_values_name_their_column() {
     for wrong in [json!(["red"]), json!({"text": "red"})] {
         let (reason, col, detail) = bad(&f, json!({"question": "what?", "answer": wrong}));
         assert_eq!((reason, col), (Reason::WrongType, column("answer")));
-        assert!(detail.contains("red"), "the detail shows the value: {detail}");
+        assert!(
+            detail.contains("red"),
+            "the detail shows the value: {detail}"
+        );
     }
 
     let f = Formatter::new(config("detect", "{box:loc}", 64, OverLength::Skip)).unwrap();
@@ -274,12 +360,22 @@ fn bad_values_name_their_column() {
         json!([[0, 0, 1, 1], [0, 0, 1]]),
     ] {
         let (reason, col, _) = bad(&f, json!({ "box": malformed }));
-        assert_eq!((reason, col), (Reason::BadTemplateValue, column("box")), "{malformed}");
+        assert_eq!(
+            (reason, col),
+            (Reason::BadTemplateValue, column("box")),
+            "{malformed}"
+        );
     }
     let (reason, _, _) = bad(&f, json!({"box": null}));
     assert_eq!(reason, Reason::NullValue);
 
-    let f = Formatter::new(config("detect", "{objects:detections}", 64, OverLength::Skip)).unwrap();
+    let f = Formatter::new(config(
+        "detect",
+        "{objects:detections}",
+        64,
+        OverLength::Skip,
+    ))
+    .unwrap();
     for malformed in [
         json!({"box": [0, 0, 1, 1], "label": "cat"}),
         json!([{"box": [0, 0, 1, 1]}]),
@@ -288,7 +384,11 @@ fn bad_values_name_their_column() {
         json!([[0, 0, 1, 1]]),
     ] {
         let (reason, col, _) = bad(&f, json!({ "objects": malformed }));
-        assert_eq!((reason, col), (Reason::BadTemplateValue, column("objects")), "{malformed}");
+        assert_eq!(
+            (reason, col),
+            (Reason::BadTemplateValue, column("objects")),
+            "{malformed}"
+        );
     }
 }
 
@@ -296,12 +396,17 @@ fn bad_values_name_their_column() {
 fn plain_values_print_numbers_and_keep_literal_braces() {
     let tok = tokenizer();
     let f = Formatter::new(config("{{what}} is {n}", "{x}", 64, OverLength::Skip)).unwrap();
-    let ex = f.format(&fields(json!({"n": 3, "x": 2.5})), vec![], origin(0), &tok).unwrap();
+    let ex = f
+        .format(&fields(json!({"n": 3, "x": 2.5})), vec![], origin(0), &tok)
+        .unwrap();
     let mut expected = vec![2];
     expected.extend(tok.encode("{what} is 3\n2.5").unwrap());
     expected.push(1);
     assert_eq!(ex.tokens, expected);
-    assert_eq!(tok.decode(&ex.tokens).unwrap(), "<bos> { what } is 3 \n 2 . 5 <eos>");
+    assert_eq!(
+        tok.decode(&ex.tokens).unwrap(),
+        "<bos> { what } is 3 \n 2 . 5 <eos>"
+    );
 }
 
 #[test]
@@ -314,17 +419,43 @@ fn bad_templates_and_settings_are_config_errors() {
         ("answer {question:bbox}", "unknown format"),
     ] {
         let err = Formatter::new(config(prefix, "{answer}", 64, OverLength::Skip)).unwrap_err();
-        assert!(matches!(err, FormatError::Template { which: "prefix", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FormatError::Template {
+                    which: "prefix",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains(message), "{prefix}: {err}");
     }
-    let err = Formatter::new(FormatConfig { resolution: 30, ..config("a", "b", 64, OverLength::Skip) });
-    assert_eq!(err.unwrap_err(), FormatError::Resolution { resolution: 30, patch: 14 });
+    let err = Formatter::new(FormatConfig {
+        resolution: 30,
+        ..config("a", "b", 64, OverLength::Skip)
+    });
+    assert_eq!(
+        err.unwrap_err(),
+        FormatError::Resolution {
+            resolution: 30,
+            patch: 14
+        }
+    );
     let err = Formatter::new(config("a", "b", 2, OverLength::Skip));
     assert_eq!(err.unwrap_err(), FormatError::TextLen(2));
 
-    let f = Formatter::new(FormatConfig { resolution: 224, ..config("a", "b", 8, OverLength::Skip) }).unwrap();
+    let f = Formatter::new(FormatConfig {
+        resolution: 224,
+        ..config("a", "b", 8, OverLength::Skip)
+    })
+    .unwrap();
     assert_eq!(f.tokens_per_image(), 256);
-    let f = Formatter::new(FormatConfig { resolution: 896, ..config("a", "b", 8, OverLength::Skip) }).unwrap();
+    let f = Formatter::new(FormatConfig {
+        resolution: 896,
+        ..config("a", "b", 8, OverLength::Skip)
+    })
+    .unwrap();
     assert_eq!(f.tokens_per_image(), 4096);
 }
 
@@ -333,7 +464,9 @@ fn examples_feed_the_packer_unchanged() {
     let tok = tokenizer();
     let f = vqa(16, OverLength::Truncate);
     let record = fields(json!({"question": "what colour is the circle?", "answer": "red"}));
-    let ex: Example = f.format(&record, vec![image(0.25)], origin(1), &tok).unwrap();
+    let ex: Example = f
+        .format(&record, vec![image(0.25)], origin(1), &tok)
+        .unwrap();
     let cfg = PackConfig {
         rows: 2,
         seq_len: 20,

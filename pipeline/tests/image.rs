@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use pipeline::Reason;
-use pipeline::image::{ImageError, ImageProcessor, Rgb, RgbImage, draw_box, draw_point, pixels_len};
+use pipeline::image::{
+    ImageError, ImageProcessor, Rgb, RgbImage, draw_box, draw_point, pixels_len,
+};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images")
@@ -81,7 +83,11 @@ fn every_colour_type_decodes_to_what_pil_gives() {
             .decode_rgb(&fixture(name), None)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let d = image_diff(&ours, &expected(name));
-        assert!(d.max <= tolerance, "{name}: max difference {} over {tolerance}", d.max);
+        assert!(
+            d.max <= tolerance,
+            "{name}: max difference {} over {tolerance}",
+            d.max
+        );
     }
 }
 
@@ -96,8 +102,14 @@ fn assert_upright(rgb: &RgbImage, name: &str) {
     ];
     for ((x, y), colour) in quadrants {
         let px = rgb.get_pixel(x, y).0;
-        let far = px.iter().zip(colour).any(|(&a, b)| (i32::from(a) - b).abs() > 40);
-        assert!(!far, "{name}: pixel ({x}, {y}) is {px:?}, expected {colour:?}");
+        let far = px
+            .iter()
+            .zip(colour)
+            .any(|(&a, b)| (i32::from(a) - b).abs() > 40);
+        assert!(
+            !far,
+            "{name}: pixel ({x}, {y}) is {px:?}, expected {colour:?}"
+        );
     }
 }
 
@@ -134,8 +146,16 @@ fn resize_matches_pil_bicubic() {
     let mut processor = ImageProcessor::new();
     for side in [224, 64] {
         let chw = processor.process(&fixture("coffee.png"), side).unwrap();
-        let d = diff(&to_levels(&chw, side), expected(&format!("coffee.png.{side}")).as_raw());
-        assert!(d.max <= 1.0 && d.mean < 0.01, "{side}: max {} mean {}", d.max, d.mean);
+        let d = diff(
+            &to_levels(&chw, side),
+            expected(&format!("coffee.png.{side}")).as_raw(),
+        );
+        assert!(
+            d.max <= 1.0 && d.mean < 0.01,
+            "{side}: max {} mean {}",
+            d.max,
+            d.mean
+        );
     }
 }
 
@@ -148,15 +168,29 @@ fn jpeg_photo_matches_pil_closely() {
     } else {
         (4.0, 0.3)
     };
-    let chw = ImageProcessor::new().process(&fixture("astronaut.jpg"), 224).unwrap();
-    let d = diff(&to_levels(&chw, 224), expected("astronaut.jpg.224").as_raw());
-    assert!(d.max <= max && d.mean < mean, "max {} mean {}", d.max, d.mean);
+    let chw = ImageProcessor::new()
+        .process(&fixture("astronaut.jpg"), 224)
+        .unwrap();
+    let d = diff(
+        &to_levels(&chw, 224),
+        expected("astronaut.jpg.224").as_raw(),
+    );
+    assert!(
+        d.max <= max && d.mean < mean,
+        "max {} mean {}",
+        d.max,
+        d.mean
+    );
 }
 
 #[test]
 fn output_is_channels_first_in_minus_one_one() {
     let mut processor = ImageProcessor::new();
-    for (name, side) in [("astronaut.jpg", 224), ("coffee.png", 448), ("orientation-1.jpg", 14)] {
+    for (name, side) in [
+        ("astronaut.jpg", 224),
+        ("coffee.png", 448),
+        ("orientation-1.jpg", 14),
+    ] {
         let chw = processor.process(&fixture(name), side).unwrap();
         assert_eq!(chw.len(), pixels_len(side));
         assert!(chw.iter().all(|v| (-1.0..=1.0).contains(v)), "{name}");
@@ -171,7 +205,9 @@ fn output_is_channels_first_in_minus_one_one() {
     assert!(gb.chunks(256).all(|plane| plane == r));
     // process_into writes the same values in place.
     let mut slot = vec![9.0; pixels_len(16)];
-    processor.process_into(&fixture("grey.jpg"), 16, &mut slot).unwrap();
+    processor
+        .process_into(&fixture("grey.jpg"), 16, &mut slot)
+        .unwrap();
     assert_eq!(slot, chw);
 }
 
@@ -193,15 +229,27 @@ fn errors_say_corrupt_or_unsupported() {
     let middle = png.len() / 2;
     png[middle] ^= 0x10; // inside the image data: its checksum no longer matches
     let cases = [
-        ("truncated.jpg", fixture("truncated.jpg"), Reason::CorruptImage),
-        ("truncated.png", fixture("truncated.png"), Reason::CorruptImage),
+        (
+            "truncated.jpg",
+            fixture("truncated.jpg"),
+            Reason::CorruptImage,
+        ),
+        (
+            "truncated.png",
+            fixture("truncated.png"),
+            Reason::CorruptImage,
+        ),
         (
             "JPEG headers only",
             fixture("astronaut.jpg")[..600].to_vec(),
             Reason::CorruptImage,
         ),
         ("PNG with a flipped bit", png, Reason::CorruptImage),
-        ("garbage.bin", fixture("garbage.bin"), Reason::UnsupportedImageFormat),
+        (
+            "garbage.bin",
+            fixture("garbage.bin"),
+            Reason::UnsupportedImageFormat,
+        ),
         (
             "unsupported.ppm",
             fixture("unsupported.ppm"),
@@ -251,7 +299,9 @@ fn damaged_bytes_never_panic() {
             continue;
         }
         let bytes = std::fs::read(&path).unwrap();
-        let mut variants: Vec<Vec<u8>> = (0..24).map(|k| bytes[..bytes.len() * k / 24].to_vec()).collect();
+        let mut variants: Vec<Vec<u8>> = (0..24)
+            .map(|k| bytes[..bytes.len() * k / 24].to_vec())
+            .collect();
         for _ in 0..40 {
             let mut flipped = bytes.clone();
             for _ in 0..1 + next() % 4 {
@@ -266,7 +316,11 @@ fn damaged_bytes_never_panic() {
                 processor.decode_rgb(&variant, Some(8)).map(drop),
             ] {
                 if let Err(ImageError::Corrupt(message)) = &result {
-                    assert!(!message.contains("panicked"), "{}: {message}", path.display());
+                    assert!(
+                        !message.contains("panicked"),
+                        "{}: {message}",
+                        path.display()
+                    );
                 }
                 tried += 1;
             }
@@ -281,7 +335,11 @@ fn min_side_hint_is_kept() {
     let rgb = ImageProcessor::new()
         .decode_rgb(&fixture("astronaut.jpg"), Some(100))
         .unwrap();
-    let expected_side = if cfg!(feature = "turbojpeg") { 128 } else { 512 };
+    let expected_side = if cfg!(feature = "turbojpeg") {
+        128
+    } else {
+        512
+    };
     assert_eq!(rgb.dimensions(), (expected_side, expected_side));
 }
 
@@ -296,9 +354,17 @@ fn dct_scaled_decode_agrees_with_full_decode() {
         let side = full.width().min(full.height()) / 2;
         let scaled = processor.process(&bytes, side).unwrap();
         let reference = processor.resize_normalise(&full, side).unwrap();
-        let reference: Vec<u8> = to_levels(&reference, side).iter().map(|&v| v as u8).collect();
+        let reference: Vec<u8> = to_levels(&reference, side)
+            .iter()
+            .map(|&v| v as u8)
+            .collect();
         let d = diff(&to_levels(&scaled, side), &reference);
-        assert!(d.max <= 48.0 && d.mean < 2.0, "{name}: max {} mean {}", d.max, d.mean);
+        assert!(
+            d.max <= 48.0 && d.mean < 2.0,
+            "{name}: max {} mean {}",
+            d.max,
+            d.mean
+        );
     }
     // CMYK through libjpeg-turbo (CMYK out, converted here) matches PIL too.
     let d = image_diff(
@@ -318,7 +384,15 @@ fn boxes_and_points_are_drawn_in_normalised_coordinates() {
     for (x, y) in [(50, 10), (10, 25), (11, 25), (89, 25), (88, 25), (50, 39)] {
         assert_eq!(*rgb.get_pixel(x, y), red, "({x}, {y})");
     }
-    for (x, y) in [(50, 11), (12, 25), (87, 25), (50, 25), (5, 5), (95, 45), (50, 40)] {
+    for (x, y) in [
+        (50, 11),
+        (12, 25),
+        (87, 25),
+        (50, 25),
+        (5, 5),
+        (95, 45),
+        (50, 40),
+    ] {
         assert_eq!(*rgb.get_pixel(x, y), white, "({x}, {y})");
     }
 
@@ -341,7 +415,9 @@ fn boxes_and_points_are_drawn_in_normalised_coordinates() {
 #[test]
 fn drawn_prompts_survive_the_resize() {
     let mut processor = ImageProcessor::new();
-    let mut rgb = processor.decode_rgb(&fixture("coffee.png"), Some(64)).unwrap();
+    let mut rgb = processor
+        .decode_rgb(&fixture("coffee.png"), Some(64))
+        .unwrap();
     draw_box(&mut rgb, [0.25, 0.25, 0.75, 0.75], Rgb([0, 0, 255]), 0.05);
     let levels = to_levels(&processor.resize_normalise(&rgb, 64).unwrap(), 64);
     // The top edge runs along rows 16-19 of 64, from column 16 to 47.

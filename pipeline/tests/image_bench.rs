@@ -68,10 +68,16 @@ fn image_throughput() {
     } else {
         "image (zune-jpeg)"
     };
-    println!("{} JPEGs from {dir}, {decoder}, to {RESOLUTION}px", images.len());
+    println!(
+        "{} JPEGs from {dir}, {decoder}, to {RESOLUTION}px",
+        images.len()
+    );
 
     for threads in [1, 2] {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         for (stage, decode_only) in [("decode+resize+normalise", false), ("decode only", true)] {
             pool.install(|| run(&images[..images.len().min(100)], decode_only)); // warm up
             let mut rates = Vec::new();

@@ -17,7 +17,14 @@ const PIXELS: usize = 3 * RES * RES;
 
 /// Example `index` of a stream: `images` images of `n` tokens, then `<bos>` prefix "\n" suffix
 /// `<eos>`. Its pixels hold `index + i / 10` so a batch's images can be traced back.
-fn example(index: usize, images: usize, n: usize, prefix: usize, suffix: usize, rng: &mut StdRng) -> Example {
+fn example(
+    index: usize,
+    images: usize,
+    n: usize,
+    prefix: usize,
+    suffix: usize,
+    rng: &mut StdRng,
+) -> Example {
     let mut tokens = vec![IMG; images * n];
     tokens.push(BOS);
     tokens.extend((0..prefix).map(|_| rng.random_range(10..1000)));
@@ -28,7 +35,9 @@ fn example(index: usize, images: usize, n: usize, prefix: usize, suffix: usize, 
     Example {
         tokens,
         prefix_len,
-        images: (0..images).map(|i| vec![index as f32 + i as f32 / 10.0; PIXELS]).collect(),
+        images: (0..images)
+            .map(|i| vec![index as f32 + i as f32 / 10.0; PIXELS])
+            .collect(),
         image_starts: (0..images).map(|i| i * n).collect(),
         task_id: (index % 3) as u16,
         origin: Location::new("shard", index / 100, index % 100),
@@ -70,7 +79,11 @@ fn pack_all(c: PackConfig, stream: &[Example]) -> Vec<Batch> {
         let before = packer.pending();
         match packer.push(ex.clone()).unwrap() {
             Some(batch) => {
-                assert_eq!(batch.segments.len(), before, "a batch holds everything pushed before");
+                assert_eq!(
+                    batch.segments.len(),
+                    before,
+                    "a batch holds everything pushed before"
+                );
                 assert_eq!(packer.pending(), 1, "example {i} opens the next batch");
                 batches.push(batch);
             }
@@ -85,19 +98,28 @@ fn pack_all(c: PackConfig, stream: &[Example]) -> Vec<Batch> {
 /// Everything the contract promises about one batch, given the examples it holds (in order).
 fn check_batch(b: &Batch, examples: &[&Example], c: &PackConfig) {
     b.validate().unwrap();
-    assert_eq!((b.rows, b.seq_len, b.tokens_per_image), (c.rows, c.seq_len, c.tokens_per_image));
+    assert_eq!(
+        (b.rows, b.seq_len, b.tokens_per_image),
+        (c.rows, c.seq_len, c.tokens_per_image)
+    );
     assert_eq!(b.segments.len(), examples.len());
     let at = |row: u32, t: usize| row as usize * c.seq_len + t;
 
     let mut covered = vec![false; c.rows * c.seq_len];
     for (seg, ex) in b.segments.iter().zip(examples) {
-        assert_eq!((seg.task_id, &seg.origin, seg.len as usize), (ex.task_id, &ex.origin, ex.len()));
+        assert_eq!(
+            (seg.task_id, &seg.origin, seg.len as usize),
+            (ex.task_id, &ex.origin, ex.len())
+        );
         for t in 0..ex.len() {
             let i = at(seg.row, seg.start as usize + t);
             covered[i] = true;
             assert_eq!(b.tokens[i], ex.tokens[t]);
             assert_eq!(b.segment_ids[i], seg.id);
-            assert_eq!(b.positions[i], t as u32, "positions restart at 0 per example");
+            assert_eq!(
+                b.positions[i], t as u32,
+                "positions restart at 0 per example"
+            );
             assert_eq!(b.causal[i], t >= ex.prefix_len);
             // Loss only where the next token is a suffix token or <eos> of the same example.
             let target = t + 1 >= ex.prefix_len && t + 1 < ex.len();
@@ -105,7 +127,11 @@ fn check_batch(b: &Batch, examples: &[&Example], c: &PackConfig) {
         }
     }
     for (i, _) in covered.iter().enumerate().filter(|(_, c)| !**c) {
-        assert_eq!((b.tokens[i], b.segment_ids[i], b.positions[i]), (PAD, 0, 0), "padding at {i}");
+        assert_eq!(
+            (b.tokens[i], b.segment_ids[i], b.positions[i]),
+            (PAD, 0, 0),
+            "padding at {i}"
+        );
         assert!(!b.causal[i] && b.loss_weights[i] == 0.0);
     }
     let targets: usize = examples.iter().map(|ex| ex.len() - ex.prefix_len).sum();
@@ -113,10 +139,9 @@ fn check_batch(b: &Batch, examples: &[&Example], c: &PackConfig) {
 
     // No attention across examples or into padding; the prefix-LM rule inside each example.
     let seg_of = |row: usize, t: usize| {
-        b.segments
-            .iter()
-            .zip(examples)
-            .find(|(s, _)| s.row as usize == row && (s.start as usize..(s.start + s.len) as usize).contains(&t))
+        b.segments.iter().zip(examples).find(|(s, _)| {
+            s.row as usize == row && (s.start as usize..(s.start + s.len) as usize).contains(&t)
+        })
     };
     for row in 0..c.rows {
         for i in 0..c.seq_len {
@@ -136,12 +161,24 @@ fn check_batch(b: &Batch, examples: &[&Example], c: &PackConfig) {
     // Image slots: one per image, on <image> tokens, in row-major order, pixels alongside.
     let images: usize = examples.iter().map(|ex| ex.images.len()).sum();
     assert_eq!(b.n_images(), images);
-    assert!(b.image_slots.windows(2).all(|w| (w[0].row, w[0].start) < (w[1].row, w[1].start)));
+    assert!(
+        b.image_slots
+            .windows(2)
+            .all(|w| (w[0].row, w[0].start) < (w[1].row, w[1].start))
+    );
     for (k, slot) in b.image_slots.iter().enumerate() {
         let start = at(slot.row, slot.start as usize);
-        assert!(b.tokens[start..start + c.tokens_per_image].iter().all(|&t| t == IMG));
+        assert!(
+            b.tokens[start..start + c.tokens_per_image]
+                .iter()
+                .all(|&t| t == IMG)
+        );
         let (seg, ex) = seg_of(slot.row as usize, slot.start as usize).unwrap();
-        let which = ex.image_starts.iter().position(|&s| s == (slot.start - seg.start) as usize).unwrap();
+        let which = ex
+            .image_starts
+            .iter()
+            .position(|&s| s == (slot.start - seg.start) as usize)
+            .unwrap();
         assert_eq!(b.image(k), ex.images[which].as_slice());
     }
     for row in 0..c.rows as u32 {
@@ -160,13 +197,20 @@ fn check_first_fit(batches: &[Batch], held: &[Vec<&Example>], c: &PackConfig) {
         let mut used = vec![(0, 0); c.rows];
         for (seg, ex) in b.segments.iter().zip(examples) {
             let first = used.iter().position(|&u| fits(u, ex)).unwrap();
-            assert_eq!(first, seg.row as usize, "batch {k}: {} skipped an earlier row", seg.origin);
+            assert_eq!(
+                first, seg.row as usize,
+                "batch {k}: {} skipped an earlier row",
+                seg.origin
+            );
             assert_eq!(used[first].0, seg.start as usize);
             used[first].0 += ex.len();
             used[first].1 += ex.images.len();
         }
         if let Some(next) = held.get(k + 1) {
-            assert!(used.iter().all(|&u| !fits(u, next[0])), "batch {k} was closed early");
+            assert!(
+                used.iter().all(|&u| !fits(u, next[0])),
+                "batch {k} was closed early"
+            );
         }
     }
 }
@@ -179,7 +223,10 @@ fn check_contiguous<'a>(batches: &[Batch], stream: &'a [Example]) -> Vec<Vec<&'a
         assert!(!b.segments.is_empty());
         let held: Vec<&Example> = stream[next..next + b.segments.len()].iter().collect();
         for (seg, ex) in b.segments.iter().zip(&held) {
-            assert_eq!(seg.origin, ex.origin, "batches hold contiguous runs in stream order");
+            assert_eq!(
+                seg.origin, ex.origin,
+                "batches hold contiguous runs in stream order"
+            );
         }
         next += held.len();
         per_batch.push(held);
@@ -204,10 +251,19 @@ fn packed_batches_keep_every_invariant() {
         check_first_fit(&batches, &held, &c);
         // A batch closes only when no row is empty, so packing never needs more batches than
         // one example per row would.
-        assert!(batches.len() <= stream.len().div_ceil(c.rows), "seed {seed}");
-        (packed, unpacked) = (packed + batches.len(), unpacked + stream.len().div_ceil(c.rows));
+        assert!(
+            batches.len() <= stream.len().div_ceil(c.rows),
+            "seed {seed}"
+        );
+        (packed, unpacked) = (
+            packed + batches.len(),
+            unpacked + stream.len().div_ceil(c.rows),
+        );
     }
-    assert!(packed * 3 < unpacked * 2, "packing saves batches: {packed} vs {unpacked}");
+    assert!(
+        packed * 3 < unpacked * 2,
+        "packing saves batches: {packed} vs {unpacked}"
+    );
 }
 
 #[test]
@@ -243,15 +299,37 @@ fn images_per_row_cap_opens_new_rows() {
     // Five one-image examples of 10 tokens: tokens would fit one row, images do not.
     let stream: Vec<Example> = (0..5).map(|i| example(i, 1, 4, 2, 1, &mut rng)).collect();
     let batches = pack_all(c, &stream);
-    let rows: Vec<Vec<u32>> = batches.iter().map(|b| b.segments.iter().map(|s| s.row).collect()).collect();
+    let rows: Vec<Vec<u32>> = batches
+        .iter()
+        .map(|b| b.segments.iter().map(|s| s.row).collect())
+        .collect();
     assert_eq!(rows, [vec![0, 0, 1, 1], vec![0]]);
     // Text-only examples are not held back by the cap.
     let mut packer = Packer::new(c).unwrap();
     for i in 0..2 {
-        assert!(packer.push(example(i, 1, 4, 2, 1, &mut rng)).unwrap().is_none());
+        assert!(
+            packer
+                .push(example(i, 1, 4, 2, 1, &mut rng))
+                .unwrap()
+                .is_none()
+        );
     }
-    assert!(packer.push(example(2, 0, 4, 2, 1, &mut rng)).unwrap().is_none());
-    assert_eq!(packer.flush().unwrap().segments.iter().map(|s| s.row).collect::<Vec<_>>(), [0, 0, 0]);
+    assert!(
+        packer
+            .push(example(2, 0, 4, 2, 1, &mut rng))
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        packer
+            .flush()
+            .unwrap()
+            .segments
+            .iter()
+            .map(|s| s.row)
+            .collect::<Vec<_>>(),
+        [0, 0, 0]
+    );
 }
 
 #[test]
@@ -271,17 +349,43 @@ fn examples_that_cannot_fit_are_errors_not_panics() {
 
     let long = example(1, 0, 2, 8, 8, &mut rng);
     let err = packer.push(long).unwrap_err();
-    assert!(matches!(err, PackError::TooBig { len: 19, seq_len: 16, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            PackError::TooBig {
+                len: 19,
+                seq_len: 16,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("shard row group 0 row 1"), "{err}");
     let err = packer.push(example(2, 2, 2, 1, 1, &mut rng)).unwrap_err();
-    assert!(matches!(err, PackError::TooBig { images: 2, max_images: 1, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            PackError::TooBig {
+                images: 2,
+                max_images: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let mut wrong_pixels = example(3, 1, 2, 1, 1, &mut rng);
     wrong_pixels.images[0].pop();
-    assert!(matches!(packer.push(wrong_pixels).unwrap_err(), PackError::Malformed { .. }));
+    assert!(matches!(
+        packer.push(wrong_pixels).unwrap_err(),
+        PackError::Malformed { .. }
+    ));
     let mut image_in_suffix = example(4, 1, 2, 1, 1, &mut rng);
     image_in_suffix.image_starts[0] = 4;
-    assert!(matches!(packer.push(image_in_suffix).unwrap_err(), PackError::Malformed { .. }));
+    assert!(matches!(
+        packer.push(image_in_suffix).unwrap_err(),
+        PackError::Malformed { .. }
+    ));
 
     // Rejected examples leave the packer as it was.
     assert_eq!(packer.pending(), 1);
@@ -290,7 +394,10 @@ fn examples_that_cannot_fit_are_errors_not_panics() {
     b.validate().unwrap();
 
     for bad in [PackConfig { rows: 0, ..c }, PackConfig { seq_len: 0, ..c }] {
-        assert!(matches!(Packer::new(bad).unwrap_err(), PackError::Config(_)));
+        assert!(matches!(
+            Packer::new(bad).unwrap_err(),
+            PackError::Config(_)
+        ));
     }
 }
 
@@ -308,8 +415,16 @@ fn an_exactly_full_row_waits_for_the_next_example() {
     };
     let mut packer = Packer::new(c).unwrap();
     assert!(packer.flush().is_none());
-    assert!(packer.push(example(0, 0, 2, 3, 3, &mut rng)).unwrap().is_none()); // 10 tokens: full
-    let b = packer.push(example(1, 0, 2, 1, 1, &mut rng)).unwrap().unwrap();
+    assert!(
+        packer
+            .push(example(0, 0, 2, 3, 3, &mut rng))
+            .unwrap()
+            .is_none()
+    ); // 10 tokens: full
+    let b = packer
+        .push(example(1, 0, 2, 1, 1, &mut rng))
+        .unwrap()
+        .unwrap();
     assert_eq!(b.segments.len(), 1);
     assert_eq!(b.segments[0].origin, Location::new("shard", 0, 0));
     let last = packer.flush().unwrap();

@@ -15,11 +15,19 @@ fn corpus() -> Vec<String> {
     let mut texts = Vec::new();
     for (i, a) in colours.iter().enumerate() {
         for (j, s) in shapes.iter().enumerate() {
-            let (b, t, p) = (colours[(i + j + 1) % 6], shapes[(i + 2 * j + 1) % 4], places[(i + j) % 4]);
+            let (b, t, p) = (
+                colours[(i + j + 1) % 6],
+                shapes[(i + 2 * j + 1) % 4],
+                places[(i + j) % 4],
+            );
             texts.push(format!("a {a} {s} {p} a {b} {t}"));
             texts.push(format!("answer en what colour is the {s}?"));
             texts.push(format!("how many {s}s are there?\n{}", i + j));
-            texts.push(format!("<loc{:04}><loc{:04}><loc0512><loc1023> {a} {s}", i * 100, j * 200));
+            texts.push(format!(
+                "<loc{:04}><loc{:04}><loc0512><loc1023> {a} {s}",
+                i * 100,
+                j * 200
+            ));
         }
     }
     texts
@@ -48,9 +56,15 @@ fn trained_tokenizer_has_gemma_special_ids() {
 
     // <loc>, <seg>, <image> follow the trained vocabulary, in Gemma's order.
     let base = tok.loc_ids()[0];
-    assert!(base <= 400, "the BPE part holds at most vocab_size ids: {base}");
+    assert!(
+        base <= 400,
+        "the BPE part holds at most vocab_size ids: {base}"
+    );
     assert_eq!(tok.loc_ids(), (base..base + 1024).collect::<Vec<_>>());
-    assert_eq!(tok.seg_ids(), (base + 1024..base + 1152).collect::<Vec<_>>());
+    assert_eq!(
+        tok.seg_ids(),
+        (base + 1024..base + 1152).collect::<Vec<_>>()
+    );
     assert_eq!(ids.image, base + 1152);
     assert_eq!(tok.vocab_size(), base as usize + 1153);
 }
@@ -59,21 +73,37 @@ fn trained_tokenizer_has_gemma_special_ids() {
 fn paligemma_tokens_stay_single_tokens() {
     let tok = pali();
     let loc = tok.loc_ids();
-    assert_eq!(tok.encode("<loc0123><loc0456>").unwrap(), [loc[123], loc[456]]);
+    assert_eq!(
+        tok.encode("<loc0123><loc0456>").unwrap(),
+        [loc[123], loc[456]]
+    );
     let seg = tok.seg_ids();
-    assert_eq!(tok.encode("<seg000><seg127><seg042>").unwrap(), [seg[0], seg[127], seg[42]]);
+    assert_eq!(
+        tok.encode("<seg000><seg127><seg042>").unwrap(),
+        [seg[0], seg[127], seg[42]]
+    );
     let ids = tok.special();
-    assert_eq!(tok.encode("<image><image><bos>").unwrap(), [ids.image, ids.image, ids.bos]);
+    assert_eq!(
+        tok.encode("<image><image><bos>").unwrap(),
+        [ids.image, ids.image, ids.bos]
+    );
 
     // Inside text, and next to it without spaces.
     let text = "x<loc0001><loc0002><loc0003><loc1023> red circle ; <loc0000>";
     let encoded = tok.encode(text).unwrap();
-    let locs: Vec<u32> = encoded.iter().copied().filter(|id| loc.contains(id)).collect();
+    let locs: Vec<u32> = encoded
+        .iter()
+        .copied()
+        .filter(|id| loc.contains(id))
+        .collect();
     assert_eq!(locs, [loc[1], loc[2], loc[3], loc[1023], loc[0]]);
     // Not a token: out of range or malformed loc tokens are plain text.
     for text in ["<loc1024>", "<loc123>", "<loc 0001>"] {
         let ids = tok.encode(text).unwrap();
-        assert!(ids.len() > 1 && ids.iter().all(|id| !loc.contains(id)), "{text}: {ids:?}");
+        assert!(
+            ids.len() > 1 && ids.iter().all(|id| !loc.contains(id)),
+            "{text}: {ids:?}"
+        );
     }
 }
 
@@ -102,7 +132,12 @@ fn encode_decode_round_trips_exactly() {
         assert_eq!(ids, tok.encode(text).unwrap());
     }
     // Training learned merges: common words take fewer tokens than bytes.
-    assert!(tok.encode("answer en what colour is the circle?").unwrap().len() < 12);
+    assert!(
+        tok.encode("answer en what colour is the circle?")
+            .unwrap()
+            .len()
+            < 12
+    );
 }
 
 #[test]
@@ -135,7 +170,10 @@ fn load_errors_name_the_file_and_the_token() {
     let missing = dir.path().join("nope/tokenizer.json");
     let err = PaliTokenizer::from_file(&missing).unwrap_err();
     assert!(matches!(err, TokenizerError::Load { .. }));
-    assert!(err.to_string().contains(&missing.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
 
     let garbled = dir.path().join("garbled.json");
     std::fs::write(&garbled, "{\"model\": 3").unwrap();
@@ -146,10 +184,17 @@ fn load_errors_name_the_file_and_the_token() {
         let path = dir.path().join("partial.json");
         std::fs::write(&path, without_token(token)).unwrap();
         let err = PaliTokenizer::from_file(&path).unwrap_err();
-        let TokenizerError::MissingToken { tokenizer, token: named } = &err else {
+        let TokenizerError::MissingToken {
+            tokenizer,
+            token: named,
+        } = &err
+        else {
             panic!("{token}: {err}");
         };
-        assert_eq!((tokenizer.as_str(), named.as_str()), (path.to_str().unwrap(), token));
+        assert_eq!(
+            (tokenizer.as_str(), named.as_str()),
+            (path.to_str().unwrap(), token)
+        );
         assert!(err.to_string().contains("partial.json") && err.to_string().contains(token));
     }
     // Trained specials stay in the BPE vocabulary; without their added-token entry the
@@ -158,16 +203,25 @@ fn load_errors_name_the_file_and_the_token() {
         let path = dir.path().join("split.json");
         std::fs::write(&path, without_token(token)).unwrap();
         let err = PaliTokenizer::from_file(&path).unwrap_err();
-        assert!(matches!(&err, TokenizerError::NotSingleToken { text, .. } if text == token), "{err}");
+        assert!(
+            matches!(&err, TokenizerError::NotSingleToken { text, .. } if text == token),
+            "{err}"
+        );
         assert!(err.to_string().contains("split.json"), "{err}");
     }
 }
 
 fn wordlevel(with_newline: bool) -> Tokenizer {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/text/wordlevel.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/text/wordlevel.json"
+    );
     let mut json: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     if !with_newline {
-        json["added_tokens"].as_array_mut().unwrap().retain(|t| t["content"] != "\n");
+        json["added_tokens"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|t| t["content"] != "\n");
     }
     let mut tok: Tokenizer = json.to_string().parse().unwrap();
     add_paligemma_tokens(&mut tok).unwrap();
@@ -177,7 +231,10 @@ fn wordlevel(with_newline: bool) -> Tokenizer {
 #[test]
 fn tokens_that_would_split_are_rejected() {
     // The word-level fixture only keeps "\n" as a token because it is an added token.
-    assert_eq!(PaliTokenizer::new(wordlevel(true)).unwrap().special().sep, 3);
+    assert_eq!(
+        PaliTokenizer::new(wordlevel(true)).unwrap().special().sep,
+        3
+    );
     let err = PaliTokenizer::new(wordlevel(false)).unwrap_err();
     assert!(
         matches!(&err, TokenizerError::NotSingleToken { text, ids, .. } if text == "\n" && ids.is_empty()),
@@ -186,9 +243,13 @@ fn tokens_that_would_split_are_rejected() {
 
     // In the vocabulary but not an added token: the model would split it.
     for token in ["<image>", "<loc0500>"] {
-        let mut json: Value = serde_json::from_str(&wordlevel(true).to_string(false).unwrap()).unwrap();
+        let mut json: Value =
+            serde_json::from_str(&wordlevel(true).to_string(false).unwrap()).unwrap();
         json["model"]["vocab"][token] = 5000.into();
-        json["added_tokens"].as_array_mut().unwrap().retain(|t| t["content"] != token);
+        json["added_tokens"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|t| t["content"] != token);
         let tok: Tokenizer = json.to_string().parse().unwrap();
         let err = PaliTokenizer::new(tok).unwrap_err();
         assert!(

@@ -19,7 +19,9 @@ fn gemma() -> Option<&'static PaliTokenizer> {
     TOKENIZER
         .get_or_init(|| {
             let Ok(path) = std::env::var("PALIFORGE_GEMMA_TOKENIZER") else {
-                eprintln!("PALIFORGE_GEMMA_TOKENIZER is not set: skipping the Gemma tokenizer checks");
+                eprintln!(
+                    "PALIFORGE_GEMMA_TOKENIZER is not set: skipping the Gemma tokenizer checks"
+                );
                 return None;
             };
             Some(PaliTokenizer::from_file(path).unwrap())
@@ -31,7 +33,10 @@ fn gemma() -> Option<&'static PaliTokenizer> {
 fn special_ids_match_paligemma() {
     let Some(tok) = gemma() else { return };
     let ids = tok.special();
-    assert_eq!((ids.pad, ids.eos, ids.bos, ids.sep, ids.image), (0, 1, 2, 108, 257152));
+    assert_eq!(
+        (ids.pad, ids.eos, ids.bos, ids.sep, ids.image),
+        (0, 1, 2, 108, 257152)
+    );
     assert_eq!(tok.loc_ids(), (256000..257024).collect::<Vec<_>>());
     assert_eq!(tok.seg_ids(), (257024..257152).collect::<Vec<_>>());
     assert_eq!(tok.vocab_size(), 257153);
@@ -42,16 +47,31 @@ fn special_ids_match_paligemma() {
 fn sentences_match_the_reference_ids() {
     let Some(tok) = gemma() else { return };
     let cases: [(&str, &[u32]); 8] = [
-        ("answer en what colour is the car?", &[13072, 659, 1212, 10164, 603, 573, 1226, 235336]),
+        (
+            "answer en what colour is the car?",
+            &[13072, 659, 1212, 10164, 603, 573, 1226, 235336],
+        ),
         ("caption es", &[21209, 875]),
         ("detect coin ; cat", &[39208, 15005, 2161, 4401]),
         (
             "<loc0053><loc0072><loc0215><loc0190> coin ; <loc0100><loc0200><loc0300><loc0400> cat",
-            &[256053, 256072, 256215, 256190, 15005, 2161, 235248, 256100, 256200, 256300, 256400, 4401],
+            &[
+                256053, 256072, 256215, 256190, 15005, 2161, 235248, 256100, 256200, 256300,
+                256400, 4401,
+            ],
         ),
-        ("un gato sobre la mesa, ¿verdad?", &[549, 43141, 4343, 683, 20432, 235269, 6742, 139303, 235336]),
-        ("naïve café 🐱 x", &[556, 236370, 524, 18688, 235248, 242993, 1141]),
-        ("  two  spaces\nand a line", &[139, 9721, 139, 46633, 108, 639, 476, 2017]),
+        (
+            "un gato sobre la mesa, ¿verdad?",
+            &[549, 43141, 4343, 683, 20432, 235269, 6742, 139303, 235336],
+        ),
+        (
+            "naïve café 🐱 x",
+            &[556, 236370, 524, 18688, 235248, 242993, 1141],
+        ),
+        (
+            "  two  spaces\nand a line",
+            &[139, 9721, 139, 46633, 108, 639, 476, 2017],
+        ),
         ("<seg012><image><bos>", &[257036, 257152, 2]),
     ];
     for (text, expected) in cases {
@@ -75,7 +95,14 @@ fn formatted_example_matches_the_reference_layout() {
     })
     .unwrap();
     let record = json!({"prefix": "detect coin ; cat", "suffix": "caption es"});
-    let ex = f.format(record.as_object().unwrap(), vec![vec![0.0; 3 * 224 * 224]], Location::default(), tok).unwrap();
+    let ex = f
+        .format(
+            record.as_object().unwrap(),
+            vec![vec![0.0; 3 * 224 * 224]],
+            Location::default(),
+            tok,
+        )
+        .unwrap();
     let mut expected = vec![257152; 256];
     expected.extend([2, 39208, 15005, 2161, 4401, 108, 21209, 875, 1]);
     assert_eq!(ex.tokens, expected);

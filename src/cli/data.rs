@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use pipeline::demo::{DemoConfig, DemoImageFormat};
-use pipeline::prepare::{prepare, train_tokenizer_on, PrepareConfig, PrepareInput};
+use pipeline::prepare::{PrepareConfig, PrepareInput, prepare, train_tokenizer_on};
 use pipeline::source::SourceConfig;
 
 #[derive(Args)]
@@ -37,7 +37,11 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         pair_train_rows: args.pair_rows,
         pair_test_rows: (args.pair_rows / 10).max(1),
         image_size: args.image_size,
-        format: if args.png { DemoImageFormat::Png } else { DemoImageFormat::Jpeg { quality: 90 } },
+        format: if args.png {
+            DemoImageFormat::Png
+        } else {
+            DemoImageFormat::Jpeg { quality: 90 }
+        },
         ..DemoConfig::default()
     };
     let manifests = make_demo(&args.out, &config)?;
@@ -52,22 +56,41 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 /// The demo dataset and a tokenizer trained on its text, in `out`.
-pub fn make_demo(out: &std::path::Path, config: &DemoConfig) -> anyhow::Result<pipeline::demo::DemoManifests> {
+pub fn make_demo(
+    out: &std::path::Path,
+    config: &DemoConfig,
+) -> anyhow::Result<pipeline::demo::DemoManifests> {
     let manifests = pipeline::demo::generate(out, config)?;
     let train = |dir: &str, image: &str| SourceConfig {
         image_columns: vec![image.to_string()],
         ..SourceConfig::new([out.join(dir).join("train-*.parquet").display().to_string()])
     };
-    write_tokenizer(&[train("scenes", "image"), train("pairs", "images")], &out.join("tokenizer.json"), 1024)?;
+    write_tokenizer(
+        &[train("scenes", "image"), train("pairs", "images")],
+        &out.join("tokenizer.json"),
+        1024,
+    )?;
     Ok(manifests)
 }
 
 /// Templates' own words, so a tokenizer trained on data alone still encodes them compactly.
-const TEMPLATE_WORDS: [&str; 5] = ["caption en", "answer en", "detect", "ocr", "which image has more"];
+const TEMPLATE_WORDS: [&str; 5] = [
+    "caption en",
+    "answer en",
+    "detect",
+    "ocr",
+    "which image has more",
+];
 
-fn write_tokenizer(sources: &[SourceConfig], out: &std::path::Path, vocab: usize) -> anyhow::Result<()> {
+fn write_tokenizer(
+    sources: &[SourceConfig],
+    out: &std::path::Path,
+    vocab: usize,
+) -> anyhow::Result<()> {
     let tokenizer = train_tokenizer_on(sources, &TEMPLATE_WORDS, vocab)?;
-    tokenizer.save(out, false).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    tokenizer
+        .save(out, false)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
     Ok(())
 }
 
@@ -115,7 +138,10 @@ pub fn prepare_command(args: PrepareArgs) -> anyhow::Result<()> {
             annotations: annotations.clone(),
             image_column: args.image_columns[0].clone(),
         },
-        _ => PrepareInput::Parquet(SourceConfig { image_columns: args.image_columns.clone(), ..SourceConfig::new(args.parquet.clone()) }),
+        _ => PrepareInput::Parquet(SourceConfig {
+            image_columns: args.image_columns.clone(),
+            ..SourceConfig::new(args.parquet.clone())
+        }),
     };
     let config = PrepareConfig {
         split: args.split.clone(),
@@ -123,7 +149,10 @@ pub fn prepare_command(args: PrepareArgs) -> anyhow::Result<()> {
         rows_per_shard: args.rows_per_shard,
         max_side: args.max_side,
         threads: args.threads,
-        bad_input: pipeline::BadInputPolicy { max_fraction: args.max_bad_fraction, ..Default::default() },
+        bad_input: pipeline::BadInputPolicy {
+            max_fraction: args.max_bad_fraction,
+            ..Default::default()
+        },
         ..PrepareConfig::new(&args.out)
     };
     let bar = super::progress::bar(0, "rows");
@@ -145,7 +174,14 @@ pub fn prepare_command(args: PrepareArgs) -> anyhow::Result<()> {
     }
     if let Some(vocab) = args.train_tokenizer {
         let path = args.out.join("tokenizer.json");
-        let shards = SourceConfig { image_columns: args.image_columns.clone(), ..SourceConfig::new([args.out.join(format!("{}-*.parquet", args.split)).display().to_string()]) };
+        let shards = SourceConfig {
+            image_columns: args.image_columns.clone(),
+            ..SourceConfig::new([args
+                .out
+                .join(format!("{}-*.parquet", args.split))
+                .display()
+                .to_string()])
+        };
         write_tokenizer(&[shards], &path, vocab).context("training the tokenizer")?;
         println!("tokenizer: {}", path.display());
     }

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use mixtures::{summary_table, Mixture, SummaryContext, ValidationContext};
-use pipeline::mixture::{inspect_sources, RunOptions};
+use mixtures::{Mixture, SummaryContext, ValidationContext, summary_table};
+use pipeline::mixture::{RunOptions, inspect_sources};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -42,10 +42,21 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check(args) => check(&args.spec, args.tokenizer.as_deref()),
         Command::Preview(args) => {
-            let mixture = Mixture::from_path(&args.spec).with_context(|| format!("reading {}", args.spec.display()))?;
+            let mixture = Mixture::from_path(&args.spec)
+                .with_context(|| format!("reading {}", args.spec.display()))?;
             let stage = super::pipeline::stage_index(&mixture, args.stage.as_deref(), &args.spec)?;
-            let tokenizer = super::pipeline::load_tokenizer(args.tokenizer.as_deref(), Some(&args.spec), &mixture)?;
-            super::pipeline::preview_stage(&mixture, stage, &RunOptions::new(tokenizer), args.examples, &args.out)?;
+            let tokenizer = super::pipeline::load_tokenizer(
+                args.tokenizer.as_deref(),
+                Some(&args.spec),
+                &mixture,
+            )?;
+            super::pipeline::preview_stage(
+                &mixture,
+                stage,
+                &RunOptions::new(tokenizer),
+                args.examples,
+                &args.out,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -68,8 +79,15 @@ fn check(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<ExitCode> {
     }
     let columns_of = |source: &str| facts.get(source)?.as_ref().ok().map(|f| f.columns.clone());
     let rows_of = |source: &str| facts.get(source)?.as_ref().ok().map(|f| f.rows);
-    let tokenizer = tokenizer.map(pipeline::text::PaliTokenizer::from_file).transpose().context("loading the tokenizer")?;
-    let count = |text: &str| tokenizer.as_ref().map_or(0, |t| t.encode(text).map_or(0, |ids| ids.len()));
+    let tokenizer = tokenizer
+        .map(pipeline::text::PaliTokenizer::from_file)
+        .transpose()
+        .context("loading the tokenizer")?;
+    let count = |text: &str| {
+        tokenizer
+            .as_ref()
+            .map_or(0, |t| t.encode(text).map_or(0, |ids| ids.len()))
+    };
     let mut context = ValidationContext::default().with_columns(&columns_of);
     if tokenizer.is_some() {
         context = context.with_prefix_tokens(&count);
@@ -77,7 +95,16 @@ fn check(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<ExitCode> {
     let unreadable = facts.values().filter(|f| f.is_err()).count();
     match mixture.validate(&context) {
         Ok(()) if unreadable == 0 => {
-            println!("{}", summary_table(&mixture, &SummaryContext { rows_of: Some(&rows_of), ..SummaryContext::default() }));
+            println!(
+                "{}",
+                summary_table(
+                    &mixture,
+                    &SummaryContext {
+                        rows_of: Some(&rows_of),
+                        ..SummaryContext::default()
+                    }
+                )
+            );
             println!("{}: valid", path.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -51,10 +51,18 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         r.threads,
         r.steps
     );
-    println!("  forward        {:9.1} ms  {:9.0} tokens/s", r.forward_ms, r.forward_tokens_per_s);
+    println!(
+        "  forward        {:9.1} ms  {:9.0} tokens/s",
+        r.forward_ms, r.forward_tokens_per_s
+    );
     println!(
         "  training step  {:9.1} ms  {:9.0} tokens/s  (forward {:.1}, backward {:.1}, AdamW {:.1}; CPU {:.0} ms)",
-        r.train_step_ms, r.train_tokens_per_s, r.train_forward_ms, r.backward_ms, r.optimizer_ms, r.train_step_cpu_ms
+        r.train_step_ms,
+        r.train_tokens_per_s,
+        r.train_forward_ms,
+        r.backward_ms,
+        r.optimizer_ms,
+        r.train_step_cpu_ms
     );
     println!("  loss {:.4} -> {:.4}", r.first_loss, r.last_loss);
     let mut line = serde_json::to_value(&r)?;
@@ -88,17 +96,20 @@ pub struct PredictArgs {
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let dir = &args.dir;
     let dev = model::device();
-    let m = model::checkpoint::load(dir, &dev).with_context(|| format!("loading the model in {}", dir.display()))?;
+    let m = model::checkpoint::load(dir, &dev)
+        .with_context(|| format!("loading the model in {}", dir.display()))?;
     let tok_path = dir.join("tokenizer.json");
-    let tok = Tokenizer::from_file(&tok_path).map_err(|e| anyhow!("{}: {e}", tok_path.display()))?;
+    let tok =
+        Tokenizer::from_file(&tok_path).map_err(|e| anyhow!("{}: {e}", tok_path.display()))?;
 
     let text = prompt_text(&tok, &tok_path, &m.cfg, &args.prompt)?;
     let mut images = ImageProcessor::new();
     let mut pixels = Vec::new();
     for path in &args.images {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let chw =
-            images.process(&bytes, m.cfg.vision.image_size as u32).with_context(|| format!("{}", path.display()))?;
+        let chw = images
+            .process(&bytes, m.cfg.vision.image_size as u32)
+            .with_context(|| format!("{}", path.display()))?;
         pixels.extend(chw);
     }
     let prompt = Prompt::with_images(&m.cfg, &text, args.images.len(), pixels);
@@ -106,10 +117,18 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let generation = generate(&m, &prompt, &args)?;
     // The text stops before <eos>; the ids keep it, as the model returned them.
     let eos = m.cfg.eos_token_id;
-    let content: Vec<u32> = generation.tokens.iter().copied().take_while(|&t| t != eos).collect();
-    let decoded = tok.decode(&content, true).map_err(|e| anyhow!("{}: decoding: {e}", tok_path.display()))?;
+    let content: Vec<u32> = generation
+        .tokens
+        .iter()
+        .copied()
+        .take_while(|&t| t != eos)
+        .collect();
+    let decoded = tok
+        .decode(&content, true)
+        .map_err(|e| anyhow!("{}: decoding: {e}", tok_path.display()))?;
     if args.json {
-        let out = json!({ "text": decoded, "tokens": generation.tokens, "prompt_tokens": prompt.tokens });
+        let out =
+            json!({ "text": decoded, "tokens": generation.tokens, "prompt_tokens": prompt.tokens });
         println!("{out}");
     } else {
         println!("{decoded}");
@@ -119,15 +138,24 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
 
 /// `<bos>`, the prompt's tokens and `"\n"`, laid out as the pipeline lays out a prefix: the
 /// prompt encoded without special tokens, then the id that "\n" alone encodes to.
-fn prompt_text(tok: &Tokenizer, tok_path: &Path, cfg: &PaliGemmaConfig, prompt: &str) -> anyhow::Result<Vec<u32>> {
+fn prompt_text(
+    tok: &Tokenizer,
+    tok_path: &Path,
+    cfg: &PaliGemmaConfig,
+    prompt: &str,
+) -> anyhow::Result<Vec<u32>> {
     let encode = |text: &str| -> anyhow::Result<Vec<u32>> {
-        let encoding =
-            tok.encode_fast(text, false).map_err(|e| anyhow!("{}: encoding {text:?}: {e}", tok_path.display()))?;
+        let encoding = tok
+            .encode_fast(text, false)
+            .map_err(|e| anyhow!("{}: encoding {text:?}: {e}", tok_path.display()))?;
         Ok(encoding.get_ids().to_vec())
     };
     let sep = match encode("\n")?.as_slice() {
         &[sep] => sep,
-        ids => bail!("{}: \"\\n\" encodes to {ids:?}, not one token", tok_path.display()),
+        ids => bail!(
+            "{}: \"\\n\" encodes to {ids:?}, not one token",
+            tok_path.display()
+        ),
     };
     let mut text = vec![cfg.bos_token_id];
     text.extend(encode(prompt)?);
@@ -135,16 +163,31 @@ fn prompt_text(tok: &Tokenizer, tok_path: &Path, cfg: &PaliGemmaConfig, prompt: 
     // A tokenizer bigger than the model would index past the embedding table.
     let vocab = cfg.text.vocab_size as u32;
     if let Some(&id) = text.iter().find(|&&id| id >= vocab) {
-        bail!("{}: token id {id} is outside the model's vocabulary of {vocab} (config.json)", tok_path.display());
+        bail!(
+            "{}: token id {id} is outside the model's vocabulary of {vocab} (config.json)",
+            tok_path.display()
+        );
     }
     Ok(text)
 }
 
 fn generate(m: &PaliGemma, prompt: &Prompt, args: &PredictArgs) -> anyhow::Result<Generation> {
-    let decode = DecodeOptions { max_new_tokens: args.max_new_tokens, stop_at_eos: true, keep_logits: false };
+    let decode = DecodeOptions {
+        max_new_tokens: args.max_new_tokens,
+        stop_at_eos: true,
+        keep_logits: false,
+    };
     let prompts = std::slice::from_ref(prompt);
     let mut out = if args.beams > 1 {
-        model::beam_search(m, prompts, &BeamOptions { beams: args.beams, decode, ..Default::default() })?
+        model::beam_search(
+            m,
+            prompts,
+            &BeamOptions {
+                beams: args.beams,
+                decode,
+                ..Default::default()
+            },
+        )?
     } else {
         model::greedy(m, prompts, &decode)?
     };

@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use mixtures::Mixture;
-use pipeline::mixture::{stage_stream, RunOptions};
+use pipeline::mixture::{RunOptions, stage_stream};
 use pipeline::stream::{StreamBatch, StreamState};
 use pipeline::text::PaliTokenizer;
 use serde_json::json;
@@ -65,7 +65,8 @@ impl DataArgs {
     /// A spec and the index of its stage to read.
     fn mixture(&self, examples: u64) -> anyhow::Result<(Mixture, usize)> {
         if let Some(path) = &self.spec {
-            let mixture = Mixture::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+            let mixture =
+                Mixture::from_path(path).with_context(|| format!("reading {}", path.display()))?;
             let stage = stage_index(&mixture, self.stage.as_deref(), path)?;
             return Ok((mixture, stage));
         }
@@ -92,12 +93,19 @@ impl DataArgs {
     }
 
     fn options(&self, tokenizer: Arc<PaliTokenizer>) -> RunOptions {
-        RunOptions { threads: self.threads, ..RunOptions::new(tokenizer) }
+        RunOptions {
+            threads: self.threads,
+            ..RunOptions::new(tokenizer)
+        }
     }
 }
 
 /// The tokenizer given, or the one found beside the spec or the data.
-pub fn load_tokenizer(given: Option<&Path>, spec: Option<&Path>, mixture: &Mixture) -> anyhow::Result<Arc<PaliTokenizer>> {
+pub fn load_tokenizer(
+    given: Option<&Path>,
+    spec: Option<&Path>,
+    mixture: &Mixture,
+) -> anyhow::Result<Arc<PaliTokenizer>> {
     let path = match given {
         Some(path) => path.to_path_buf(),
         None => default_tokenizer(spec, mixture).context(
@@ -116,8 +124,15 @@ fn default_tokenizer(spec: Option<&Path>, mixture: &Mixture) -> Option<PathBuf> 
     }
     for source in mixture.sources.values() {
         for entry in &source.data {
-            let dir = Path::new(entry).parent().map(Path::to_path_buf).unwrap_or_default();
-            let dir = if Path::new(entry).is_dir() { PathBuf::from(entry) } else { dir };
+            let dir = Path::new(entry)
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            let dir = if Path::new(entry).is_dir() {
+                PathBuf::from(entry)
+            } else {
+                dir
+            };
             candidates.push(dir.join("tokenizer.json"));
             if let Some(up) = dir.parent() {
                 candidates.push(up.join("tokenizer.json"));
@@ -159,12 +174,27 @@ pub fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
 fn preview(args: PreviewArgs) -> anyhow::Result<()> {
     let (mixture, stage) = args.data.mixture(args.examples as u64)?;
     let tokenizer = args.data.tokenizer(&mixture)?;
-    preview_stage(&mixture, stage, &args.data.options(tokenizer), args.examples, &args.out)
+    preview_stage(
+        &mixture,
+        stage,
+        &args.data.options(tokenizer),
+        args.examples,
+        &args.out,
+    )
 }
 
 /// Prints the first `examples` examples of a stage and writes their images into `out`.
-pub fn preview_stage(mixture: &Mixture, stage: usize, options: &RunOptions, examples: usize, out: &Path) -> anyhow::Result<()> {
-    let options = RunOptions { prefetch: 1, ..options.clone() };
+pub fn preview_stage(
+    mixture: &Mixture,
+    stage: usize,
+    options: &RunOptions,
+    examples: usize,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let options = RunOptions {
+        prefetch: 1,
+        ..options.clone()
+    };
     let stream = stage_stream(mixture, stage, &options, StreamState::default())?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let names: Vec<String> = mixtures::Sampler::new(mixture)?.task_names().to_vec();
@@ -188,10 +218,18 @@ pub fn preview_stage(mixture: &Mixture, stage: usize, options: &RunOptions, exam
 /// The index of the stage called `name` (the first when `None`).
 pub fn stage_index(mixture: &Mixture, name: Option<&str>, spec: &Path) -> anyhow::Result<usize> {
     let Some(name) = name else { return Ok(0) };
-    mixture.stages.iter().position(|s| s.name == name).with_context(|| {
-        let names: Vec<_> = mixture.stages.iter().map(|s| s.name.as_str()).collect();
-        format!("{}: no stage named {name:?} (stages: {})", spec.display(), names.join(", "))
-    })
+    mixture
+        .stages
+        .iter()
+        .position(|s| s.name == name)
+        .with_context(|| {
+            let names: Vec<_> = mixture.stages.iter().map(|s| s.name.as_str()).collect();
+            format!(
+                "{}: no stage named {name:?} (stages: {})",
+                spec.display(),
+                names.join(", ")
+            )
+        })
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use mixtures::{Mixture, Sampler, ValidationContext};
 use pipeline::demo::DemoConfig;
-use pipeline::mixture::{inspect_sources, stage_stream, RunOptions};
+use pipeline::mixture::{RunOptions, inspect_sources, stage_stream};
 use pipeline::stream::StreamState;
 use serde_json::json;
 
@@ -28,7 +28,8 @@ pub struct QuickstartArgs {
 
 pub fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let demo = args.out.join("demo");
     if !demo.join("tokenizer.json").is_file() {
         eprintln!("making the demo dataset in {}", demo.display());
@@ -39,10 +40,16 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let mixture = Mixture::from_path(&spec_path)?;
     let facts = inspect_sources(&mixture);
     let columns_of = |s: &str| facts.get(s)?.as_ref().ok().map(|f| f.columns.clone());
-    mixture.validate(&ValidationContext::new().with_columns(&columns_of)).map_err(|e| anyhow::anyhow!("{}:\n{e}", spec_path.display()))?;
+    mixture
+        .validate(&ValidationContext::new().with_columns(&columns_of))
+        .map_err(|e| anyhow::anyhow!("{}:\n{e}", spec_path.display()))?;
 
-    let tokenizer = super::pipeline::load_tokenizer(Some(&demo.join("tokenizer.json")), None, &mixture)?;
-    let options = RunOptions { threads: args.threads, ..RunOptions::new(tokenizer) };
+    let tokenizer =
+        super::pipeline::load_tokenizer(Some(&demo.join("tokenizer.json")), None, &mixture)?;
+    let options = RunOptions {
+        threads: args.threads,
+        ..RunOptions::new(tokenizer)
+    };
     let names = Sampler::new(&mixture)?.task_names().to_vec();
     let mut state = StreamState::default();
     let mut stages = Vec::new();
@@ -68,14 +75,27 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         bar.finish_and_clear();
         let seconds = stage_started.elapsed().as_secs_f64();
         let examples: u64 = per_task.iter().sum();
-        println!("stage {:<14} {:>4}px  {examples:>6} examples  {:>8.0} examples/s  {:>9.0} tokens/s", stage.name, stage.resolution(), examples as f64 / seconds, tokens as f64 / seconds);
+        println!(
+            "stage {:<14} {:>4}px  {examples:>6} examples  {:>8.0} examples/s  {:>9.0} tokens/s",
+            stage.name,
+            stage.resolution(),
+            examples as f64 / seconds,
+            tokens as f64 / seconds
+        );
         for (task, n) in names.iter().zip(&per_task).filter(|(_, n)| **n > 0) {
             println!("  {task:<12} {n:>6}");
         }
-        let tasks: serde_json::Map<String, serde_json::Value> = names.iter().zip(&per_task).map(|(t, n)| (t.clone(), json!(n))).collect();
+        let tasks: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .zip(&per_task)
+            .map(|(t, n)| (t.clone(), json!(n)))
+            .collect();
         stages.push(json!({ "stage": stage.name, "examples": examples, "seconds": seconds, "tasks": tasks }));
     }
     let bad = state.bad_inputs.bad();
-    println!("{}", json!({ "stages": stages, "bad_rows": bad, "wall_s": started.elapsed().as_secs_f64() }));
+    println!(
+        "{}",
+        json!({ "stages": stages, "bad_rows": bad, "wall_s": started.elapsed().as_secs_f64() })
+    );
     Ok(())
 }

@@ -12,7 +12,9 @@ use mixtures::{Mixture, ValidationContext};
 use pipeline::mixture::{RunOptions, inspect_sources};
 use serde_json::json;
 
-use ::model::train::{Outcome, TrainConfig, TrainEvent, Trainer, config_for_tokenizer, latest_checkpoint};
+use ::model::train::{
+    Outcome, TrainConfig, TrainEvent, Trainer, config_for_tokenizer, latest_checkpoint,
+};
 use ::model::{PaliGemma, PaliGemmaConfig};
 
 #[derive(Args)]
@@ -61,10 +63,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let mixture = Mixture::from_path(&args.spec)?;
     let facts = inspect_sources(&mixture);
     let columns_of = |s: &str| facts.get(s)?.as_ref().ok().map(|f| f.columns.clone());
-    mixture.validate(&ValidationContext::new().with_columns(&columns_of)).map_err(|e| anyhow::anyhow!("{}:\n{e}", args.spec.display()))?;
-    let tokenizer = super::pipeline::load_tokenizer(args.tokenizer.as_deref(), Some(&args.spec), &mixture)?;
-    let options = RunOptions { threads: args.threads, ..RunOptions::new(tokenizer.clone()) };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    mixture
+        .validate(&ValidationContext::new().with_columns(&columns_of))
+        .map_err(|e| anyhow::anyhow!("{}:\n{e}", args.spec.display()))?;
+    let tokenizer =
+        super::pipeline::load_tokenizer(args.tokenizer.as_deref(), Some(&args.spec), &mixture)?;
+    let options = RunOptions {
+        threads: args.threads,
+        ..RunOptions::new(tokenizer.clone())
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let checkpoints = args.out.join("checkpoints");
     let config = TrainConfig {
         micro_batch_rows: args.micro_batch,
@@ -78,22 +87,33 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let dev = ::model::device();
     let metrics_path = args.out.join("metrics.jsonl");
     let mut trainer = if args.resume {
-        let latest = latest_checkpoint(&checkpoints)?.with_context(|| format!("--resume: no complete checkpoint in {}", checkpoints.display()))?;
+        let latest = latest_checkpoint(&checkpoints)?.with_context(|| {
+            format!(
+                "--resume: no complete checkpoint in {}",
+                checkpoints.display()
+            )
+        })?;
         eprintln!("resuming from {}", latest.display());
-        let trainer = Trainer::resume(&latest, mixture, options, config, &dev).with_context(|| format!("resuming from {}", latest.display()))?;
+        let trainer = Trainer::resume(&latest, mixture, options, config, &dev)
+            .with_context(|| format!("resuming from {}", latest.display()))?;
         // The metrics file continues from the checkpoint: steps after it are redone.
         write_metrics(&metrics_path, trainer.metrics())?;
         trainer
     } else {
         if latest_checkpoint(&checkpoints)?.is_some() {
-            bail!("{} already holds checkpoints: pass --resume to continue that run, or choose another --out", checkpoints.display());
+            bail!(
+                "{} already holds checkpoints: pass --resume to continue that run, or choose another --out",
+                checkpoints.display()
+            );
         }
         let first = mixture.stages.first().context("the spec has no stages")?;
         let resolution = first.resolution() as usize;
         let model = match &args.init {
-            Some(dir) => ::model::checkpoint::load_at_resolution(dir, &dev, resolution).with_context(|| format!("loading --init {}", dir.display()))?,
+            Some(dir) => ::model::checkpoint::load_at_resolution(dir, &dev, resolution)
+                .with_context(|| format!("loading --init {}", dir.display()))?,
             None => {
-                let mut cfg = config_for_tokenizer(PaliGemmaConfig::preset(&args.config)?, &tokenizer);
+                let mut cfg =
+                    config_for_tokenizer(PaliGemmaConfig::preset(&args.config)?, &tokenizer);
                 cfg.vision.image_size = resolution;
                 PaliGemma::new(&cfg, &dev, mixture.seed)?
             }
@@ -102,9 +122,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         Trainer::new(mixture, model, options, config)?
     };
     let spec_copy = args.out.join("spec.json");
-    std::fs::write(&spec_copy, trainer.mixture().to_json()).with_context(|| format!("writing {}", spec_copy.display()))?;
+    std::fs::write(&spec_copy, trainer.mixture().to_json())
+        .with_context(|| format!("writing {}", spec_copy.display()))?;
 
-    let mut metrics = std::fs::OpenOptions::new().append(true).open(&metrics_path).with_context(|| format!("opening {}", metrics_path.display()))?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
     let mut bar: Option<(usize, indicatif::ProgressBar)> = None;
     let mut write_error = None;
     let outcome = trainer.run(&mut |e: &TrainEvent| {
@@ -129,7 +153,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             100.0 * e.data_wait
         ));
         if write_error.is_none()
-            && let Err(err) = serde_json::to_writer(&mut metrics, e).map_err(std::io::Error::from).and_then(|()| metrics.write_all(b"\n"))
+            && let Err(err) = serde_json::to_writer(&mut metrics, e)
+                .map_err(std::io::Error::from)
+                .and_then(|()| metrics.write_all(b"\n"))
         {
             write_error = Some(err);
         }

@@ -48,7 +48,11 @@ pub fn model_input(batch: &Batch, cfg: &PaliGemmaConfig) -> Result<ModelInput> {
         tokens,
         n_images: batch.n_images(),
         pixels: batch.pixels.clone(),
-        image_slots: batch.image_slots.iter().map(|s| (s.row as usize, s.start as usize)).collect(),
+        image_slots: batch
+            .image_slots
+            .iter()
+            .map(|s| (s.row as usize, s.start as usize))
+            .collect(),
         segment_ids: batch.segment_ids.clone(),
         positions,
         causal: batch.causal.clone(),
@@ -72,14 +76,26 @@ pub fn split_rows(input: &ModelInput, rows: usize, cfg: &PaliGemmaConfig) -> Vec
         .map(|first| {
             let end = (first + rows).min(input.batch);
             let cells = first * len..end * len;
-            let images: Vec<usize> = (0..input.n_images).filter(|&i| (first..end).contains(&input.image_slots[i].0)).collect();
+            let images: Vec<usize> = (0..input.n_images)
+                .filter(|&i| (first..end).contains(&input.image_slots[i].0))
+                .collect();
             ModelInput {
                 batch: end - first,
                 len,
                 tokens: input.tokens[cells.clone()].to_vec(),
                 n_images: images.len(),
-                pixels: images.iter().flat_map(|&i| input.pixels[i * image_len..(i + 1) * image_len].iter().copied()).collect(),
-                image_slots: images.iter().map(|&i| (input.image_slots[i].0 - first, input.image_slots[i].1)).collect(),
+                pixels: images
+                    .iter()
+                    .flat_map(|&i| {
+                        input.pixels[i * image_len..(i + 1) * image_len]
+                            .iter()
+                            .copied()
+                    })
+                    .collect(),
+                image_slots: images
+                    .iter()
+                    .map(|&i| (input.image_slots[i].0 - first, input.image_slots[i].1))
+                    .collect(),
                 segment_ids: input.segment_ids[cells.clone()].to_vec(),
                 positions: input.positions[cells.clone()].to_vec(),
                 causal: input.causal[cells.clone()].to_vec(),
@@ -98,16 +114,23 @@ mod tests {
         let cfg = PaliGemmaConfig::tiny();
         let input = crate::bench::synthetic_batch(&cfg, 5, 30, 1).unwrap();
         let parts = split_rows(&input, 2, &cfg);
-        assert_eq!(parts.iter().map(|p| p.batch).collect::<Vec<_>>(), vec![2, 2, 1]);
+        assert_eq!(
+            parts.iter().map(|p| p.batch).collect::<Vec<_>>(),
+            vec![2, 2, 1]
+        );
         for p in &parts {
             p.validate(&cfg).unwrap();
         }
-        let cat = |f: &dyn Fn(&ModelInput) -> Vec<f32>| parts.iter().flat_map(f).collect::<Vec<f32>>();
+        let cat =
+            |f: &dyn Fn(&ModelInput) -> Vec<f32>| parts.iter().flat_map(f).collect::<Vec<f32>>();
         assert_eq!(cat(&|p| p.loss_weights.clone()), input.loss_weights);
         assert_eq!(cat(&|p| p.pixels.clone()), input.pixels);
         let tokens: Vec<u32> = parts.iter().flat_map(|p| p.tokens.clone()).collect();
         assert_eq!(tokens, input.tokens);
-        assert_eq!(parts.iter().map(|p| p.n_images).sum::<usize>(), input.n_images);
+        assert_eq!(
+            parts.iter().map(|p| p.n_images).sum::<usize>(),
+            input.n_images
+        );
         assert_eq!(split_rows(&input, 0, &cfg), vec![input.clone()]);
     }
 }

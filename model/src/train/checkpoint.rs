@@ -55,7 +55,9 @@ fn complete_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for entry in entries {
         let entry = entry.map_err(|e| TrainError::io(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(step) = name.strip_prefix(PREFIX).and_then(|s| s.parse::<u64>().ok())
+        if let Some(step) = name
+            .strip_prefix(PREFIX)
+            .and_then(|s| s.parse::<u64>().ok())
             && entry.path().join(STATE_FILE).is_file()
         {
             found.push((step, entry.path()));
@@ -73,7 +75,13 @@ pub fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
 /// Writes a checkpoint of `state.step` under `dir` (temporary folder, then rename), then
 /// removes all but the newest `keep` (0 keeps all) and any leftover temporary folders.
 /// Returns the checkpoint's folder.
-pub fn save_run_checkpoint(dir: &Path, model: &mut PaliGemma, groups: &mut Groups, state: &RunState, keep: usize) -> Result<PathBuf> {
+pub fn save_run_checkpoint(
+    dir: &Path,
+    model: &mut PaliGemma,
+    groups: &mut Groups,
+    state: &RunState,
+    keep: usize,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     let final_dir = step_dir(dir, state.step);
     let tmp = dir.join(format!("{TMP_PREFIX}{PREFIX}{:08}", state.step));
@@ -83,7 +91,10 @@ pub fn save_run_checkpoint(dir: &Path, model: &mut PaliGemma, groups: &mut Group
     crate::checkpoint::save(model, &tmp, &Default::default())?;
     groups.save(model, &tmp)?;
     let path = tmp.join(STATE_FILE);
-    let json = serde_json::to_vec(state).map_err(|e| TrainError::Checkpoint { path: path.clone(), message: e.to_string() })?;
+    let json = serde_json::to_vec(state).map_err(|e| TrainError::Checkpoint {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
     write_synced(&path, &json)?;
     if final_dir.exists() {
         // The same step saved again (a resumed run's end): the new one replaces it.
@@ -99,7 +110,10 @@ pub fn save_run_checkpoint(dir: &Path, model: &mut PaliGemma, groups: &mut Group
             std::fs::remove_dir_all(old).map_err(|e| TrainError::io(old, e))?;
         }
     }
-    for entry in std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))?.flatten() {
+    for entry in std::fs::read_dir(dir)
+        .map_err(|e| TrainError::io(dir, e))?
+        .flatten()
+    {
         if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
@@ -118,9 +132,15 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn load_run_checkpoint(dir: &Path, dev: &Dev) -> Result<(PaliGemma, Groups, RunState)> {
     let path = dir.join(STATE_FILE);
     let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
-    let state: RunState = serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint { path: path.clone(), message: e.to_string() })?;
+    let state: RunState = serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
     if state.format != FORMAT {
-        return Err(TrainError::Checkpoint { path, message: format!("format {} (this build reads {FORMAT})", state.format) });
+        return Err(TrainError::Checkpoint {
+            path,
+            message: format!("format {} (this build reads {FORMAT})", state.format),
+        });
     }
     let mut model = crate::checkpoint::load(dir, dev)?;
     let mut groups = Groups::new(0.0);

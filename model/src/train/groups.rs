@@ -65,8 +65,16 @@ impl GroupLrs {
     pub fn at(training: &Training, step: u64, total: u64) -> Self {
         let schedule = LrSchedule::from_training(training, total);
         let lr = schedule.lr(step);
-        let vision = if training.freeze_vit { 0.0 } else { lr * linear_warmup(step, training.vit_warmup.steps(total)) };
-        GroupLrs { vision, projector: lr, llm: lr }
+        let vision = if training.freeze_vit {
+            0.0
+        } else {
+            lr * linear_warmup(step, training.vit_warmup.steps(total))
+        };
+        GroupLrs {
+            vision,
+            projector: lr,
+            llm: lr,
+        }
     }
 
     pub fn get(&self, group: Group) -> f64 {
@@ -88,8 +96,16 @@ pub struct Groups {
 impl Groups {
     /// Fresh states; `weight_decay` is decoupled (AdamW's), matrices and vectors alike.
     pub fn new(weight_decay: f64) -> Self {
-        let cfg = AdamWConfig { lr: 0.0, weight_decay, ..Default::default() };
-        Groups { vision: AdamW::new(cfg.clone()), projector: AdamW::new(cfg.clone()), llm: AdamW::new(cfg) }
+        let cfg = AdamWConfig {
+            lr: 0.0,
+            weight_decay,
+            ..Default::default()
+        };
+        Groups {
+            vision: AdamW::new(cfg.clone()),
+            projector: AdamW::new(cfg.clone()),
+            llm: AdamW::new(cfg),
+        }
     }
 
     pub fn optimizer(&self, group: Group) -> &AdamW {
@@ -110,7 +126,14 @@ impl Groups {
 
     /// One update of every group whose rate is not frozen: `lrs` and `weight_decay` apply to
     /// this step. A vision rate of 0 with `freeze_vit` leaves the image encoder untouched.
-    pub fn update(&mut self, model: &mut PaliGemma, grads: &mut Gradients, lrs: &GroupLrs, weight_decay: f64, freeze_vit: bool) {
+    pub fn update(
+        &mut self,
+        model: &mut PaliGemma,
+        grads: &mut Gradients,
+        lrs: &GroupLrs,
+        weight_decay: f64,
+        freeze_vit: bool,
+    ) {
         for group in Group::ALL {
             if group == Group::Vision && freeze_vit {
                 continue;
@@ -128,17 +151,35 @@ impl Groups {
 
     /// Writes each group's state as `optimizer-<group>.safetensors` in `dir`.
     pub fn save(&mut self, model: &mut PaliGemma, dir: &Path) -> Result<()> {
-        self.vision.save_state(&mut model.vision_tower, &dir.join(Group::Vision.state_file()))?;
-        self.projector.save_state(&mut model.multi_modal_projector, &dir.join(Group::Projector.state_file()))?;
-        self.llm.save_state(&mut model.language_model, &dir.join(Group::Llm.state_file()))?;
+        self.vision.save_state(
+            &mut model.vision_tower,
+            &dir.join(Group::Vision.state_file()),
+        )?;
+        self.projector.save_state(
+            &mut model.multi_modal_projector,
+            &dir.join(Group::Projector.state_file()),
+        )?;
+        self.llm.save_state(
+            &mut model.language_model,
+            &dir.join(Group::Llm.state_file()),
+        )?;
         Ok(())
     }
 
     /// Reads what [`Self::save`] wrote, for the same model.
     pub fn load(&mut self, model: &mut PaliGemma, dir: &Path) -> Result<()> {
-        self.vision.load_state(&mut model.vision_tower, &dir.join(Group::Vision.state_file()))?;
-        self.projector.load_state(&mut model.multi_modal_projector, &dir.join(Group::Projector.state_file()))?;
-        self.llm.load_state(&mut model.language_model, &dir.join(Group::Llm.state_file()))?;
+        self.vision.load_state(
+            &mut model.vision_tower,
+            &dir.join(Group::Vision.state_file()),
+        )?;
+        self.projector.load_state(
+            &mut model.multi_modal_projector,
+            &dir.join(Group::Projector.state_file()),
+        )?;
+        self.llm.load_state(
+            &mut model.language_model,
+            &dir.join(Group::Llm.state_file()),
+        )?;
         Ok(())
     }
 }

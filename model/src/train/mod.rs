@@ -23,7 +23,9 @@ pub use batch::{model_input, split_rows};
 pub use checkpoint::{RunState, latest_checkpoint, load_run_checkpoint, save_run_checkpoint};
 pub use groups::{Group, GroupLrs, Groups};
 pub use schedule::{LrSchedule, linear_warmup};
-pub use trainer::{Outcome, StepStats, TrainConfig, TrainEvent, Trainer, config_for_tokenizer, planned_steps};
+pub use trainer::{
+    Outcome, StepStats, TrainConfig, TrainEvent, Trainer, config_for_tokenizer, planned_steps,
+};
 
 /// Errors of training; each names the file, step, stage or batch at fault.
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +44,16 @@ pub enum TrainError {
     Batch(String),
     /// A NaN or Inf loss or gradient: the run stops before the update, the last checkpoint
     /// stays the newest.
-    #[error("step {step} (stage {stage}): {what} is {value}; the batch's examples came from: {origins}")]
-    NonFinite { step: u64, stage: String, what: &'static str, value: f32, origins: String },
+    #[error(
+        "step {step} (stage {stage}): {what} is {value}; the batch's examples came from: {origins}"
+    )]
+    NonFinite {
+        step: u64,
+        stage: String,
+        what: &'static str,
+        value: f32,
+        origins: String,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -58,6 +68,9 @@ pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
 impl TrainError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        TrainError::Io { path: path.into(), source }
+        TrainError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

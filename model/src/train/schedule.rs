@@ -31,13 +31,23 @@ pub struct LrSchedule {
 
 /// `min(1, (step + 1) / warmup)`; 1 without warm-up.
 pub fn linear_warmup(step: u64, warmup: u64) -> f64 {
-    if warmup == 0 { 1.0 } else { ((step + 1) as f64 / warmup as f64).min(1.0) }
+    if warmup == 0 {
+        1.0
+    } else {
+        ((step + 1) as f64 / warmup as f64).min(1.0)
+    }
 }
 
 impl LrSchedule {
     /// The stage's knobs over `total` planned steps (fractions of warm-up resolve against it).
     pub fn from_training(training: &Training, total: u64) -> Self {
-        LrSchedule { kind: training.schedule, base: training.lr, warmup: training.warmup.steps(total), total, cooldown: 0 }
+        LrSchedule {
+            kind: training.schedule,
+            base: training.lr,
+            warmup: training.warmup.steps(total),
+            total,
+            cooldown: 0,
+        }
     }
 
     /// Multiplier of the base rate at `step`.

@@ -114,7 +114,10 @@ pub enum Outcome {
 }
 
 /// `cfg` with the tokenizer's vocabulary and special ids: a fresh model for data made with it.
-pub fn config_for_tokenizer(mut cfg: PaliGemmaConfig, tokenizer: &PaliTokenizer) -> PaliGemmaConfig {
+pub fn config_for_tokenizer(
+    mut cfg: PaliGemmaConfig,
+    tokenizer: &PaliTokenizer,
+) -> PaliGemmaConfig {
     let special = tokenizer.special();
     cfg.text.vocab_size = tokenizer.vocab_size();
     cfg.image_token_id = special.image;
@@ -134,9 +137,14 @@ pub fn check_tokenizer(cfg: &PaliGemmaConfig, tokenizer: &PaliTokenizer) -> Resu
             cfg.text.vocab_size
         )));
     }
-    for (name, tok, model) in [("<bos>", s.bos, cfg.bos_token_id), ("<eos>", s.eos, cfg.eos_token_id)] {
+    for (name, tok, model) in [
+        ("<bos>", s.bos, cfg.bos_token_id),
+        ("<eos>", s.eos, cfg.eos_token_id),
+    ] {
         if tok != model {
-            return Err(TrainError::Config(format!("the tokenizer's {name} is {tok}, the model's {model}")));
+            return Err(TrainError::Config(format!(
+                "the tokenizer's {name} is {tok}, the model's {model}"
+            )));
         }
     }
     Ok(())
@@ -146,17 +154,34 @@ pub fn check_tokenizer(cfg: &PaliGemmaConfig, tokenizer: &PaliTokenizer) -> Resu
 /// bound with packing, where a batch holds more examples than rows); an epoch budget counts
 /// its task's source rows (before any row filter).
 pub fn planned_steps(mixture: &Mixture, stage: usize) -> Result<u64> {
-    let s = mixture.stages.get(stage).ok_or_else(|| TrainError::Config(format!("no stage {stage}")))?;
+    let s = mixture
+        .stages
+        .get(stage)
+        .ok_or_else(|| TrainError::Config(format!("no stage {stage}")))?;
     let batch = u64::from(s.batch_size().max(1));
     let examples = match &s.budget {
         Budget::Examples(n) => *n,
         Budget::Epochs { epochs, task } => {
-            let source = &mixture.tasks.get(task).ok_or_else(|| TrainError::Config(format!("stage {}: no task {task}", s.name)))?.source;
+            let source = &mixture
+                .tasks
+                .get(task)
+                .ok_or_else(|| TrainError::Config(format!("stage {}: no task {task}", s.name)))?
+                .source;
             let facts = inspect_sources(mixture);
             let rows = match facts.get(source) {
                 Some(Ok(f)) => f.rows,
-                Some(Err(e)) => return Err(TrainError::Config(format!("stage {}: source {source}: {e}", s.name))),
-                None => return Err(TrainError::Config(format!("stage {}: no source {source}", s.name))),
+                Some(Err(e)) => {
+                    return Err(TrainError::Config(format!(
+                        "stage {}: source {source}: {e}",
+                        s.name
+                    )));
+                }
+                None => {
+                    return Err(TrainError::Config(format!(
+                        "stage {}: no source {source}",
+                        s.name
+                    )));
+                }
             };
             rows * u64::from(*epochs)
         }
@@ -172,15 +197,28 @@ pub fn set_resolution(model: &mut PaliGemma, image_size: usize) -> Result<()> {
         return Ok(());
     }
     if v.patch_size == 0 || image_size % v.patch_size != 0 {
-        return Err(TrainError::Config(format!("resolution {image_size} is not a multiple of the patch size {}", v.patch_size)));
+        return Err(TrainError::Config(format!(
+            "resolution {image_size} is not a multiple of the patch size {}",
+            v.patch_size
+        )));
     }
-    let (from, to, dim, patch) = (v.grid(), image_size / v.patch_size, v.hidden_size, v.patch_size);
+    let (from, to, dim, patch) = (
+        v.grid(),
+        image_size / v.patch_size,
+        v.hidden_size,
+        v.patch_size,
+    );
     let old = model.vision_tower.embeddings.position_embedding.as_vec();
     let new = crate::checkpoint::resize_grid(&old, from, to, dim);
-    model.vision_tower.embeddings.position_embedding = model.dev.tensor_from_vec(new, (to * to, dim));
+    model.vision_tower.embeddings.position_embedding =
+        model.dev.tensor_from_vec(new, (to * to, dim));
     model.cfg.vision.image_size = image_size;
     model.vision_tower.cfg.image_size = image_size;
-    tracing::info!(from = from * patch, to = image_size, "resampled the position embeddings");
+    tracing::info!(
+        from = from * patch,
+        to = image_size,
+        "resampled the position embeddings"
+    );
     Ok(())
 }
 
@@ -192,7 +230,8 @@ fn write_grad<S: Shape>(grads: &mut Gradients, t: &Tensor<S, f32, Dev>, data: &[
     #[cfg(feature = "cuda")]
     {
         let dev = buf.device();
-        dev.htod_sync_copy_into(data, &mut **buf).expect("copy to the GPU");
+        dev.htod_sync_copy_into(data, &mut **buf)
+            .expect("copy to the GPU");
     }
 }
 
@@ -203,7 +242,12 @@ fn read_grad<S: Shape>(grads: &mut Gradients, t: &Tensor<S, f32, Dev>) -> Vec<f3
 
 /// `acc += scale * part` for every parameter of `model`.
 fn accumulate(model: &PaliGemma, acc: &mut Gradients, part: &mut Gradients, scale: f32) {
-    fn one<S: Shape>(acc: &mut Gradients, part: &mut Gradients, t: &Tensor<S, f32, Dev>, scale: f32) {
+    fn one<S: Shape>(
+        acc: &mut Gradients,
+        part: &mut Gradients,
+        t: &Tensor<S, f32, Dev>,
+        scale: f32,
+    ) {
         let add = read_grad(part, t);
         let mut sum = read_grad(acc, t);
         for (s, a) in sum.iter_mut().zip(&add) {
@@ -222,7 +266,13 @@ fn origins(batch: &Batch, tasks: &[String]) -> String {
     let mut out: Vec<String> = batch
         .segments
         .iter()
-        .map(|s| format!("{} at {}", tasks.get(s.task_id as usize).map_or("?", String::as_str), s.origin))
+        .map(|s| {
+            format!(
+                "{} at {}",
+                tasks.get(s.task_id as usize).map_or("?", String::as_str),
+                s.origin
+            )
+        })
         .collect();
     let n = out.len();
     out.dedup();
@@ -251,9 +301,17 @@ pub struct Trainer {
 impl Trainer {
     /// A run from its beginning, training `model` (random or loaded; its resolution follows
     /// each stage's).
-    pub fn new(mixture: Mixture, model: PaliGemma, options: RunOptions, config: TrainConfig) -> Result<Self> {
+    pub fn new(
+        mixture: Mixture,
+        model: PaliGemma,
+        options: RunOptions,
+        config: TrainConfig,
+    ) -> Result<Self> {
         check_tokenizer(&model.cfg, &options.tokenizer)?;
-        let task_names = mixtures::Sampler::new(&mixture).map_err(|e| TrainError::Config(e.to_string()))?.task_names().to_vec();
+        let task_names = mixtures::Sampler::new(&mixture)
+            .map_err(|e| TrainError::Config(e.to_string()))?
+            .task_names()
+            .to_vec();
         Ok(Trainer {
             model,
             groups: Groups::new(0.0),
@@ -272,7 +330,13 @@ impl Trainer {
     /// Continues a run from the checkpoint folder `checkpoint` (see
     /// [`super::latest_checkpoint`]), with `mixture` (the spec the run started with, or that
     /// spec with stages appended).
-    pub fn resume(checkpoint: &std::path::Path, mixture: Mixture, options: RunOptions, config: TrainConfig, dev: &Dev) -> Result<Self> {
+    pub fn resume(
+        checkpoint: &std::path::Path,
+        mixture: Mixture,
+        options: RunOptions,
+        config: TrainConfig,
+        dev: &Dev,
+    ) -> Result<Self> {
         let (model, groups, state) = load_run_checkpoint(checkpoint, dev)?;
         if state.spec != spec_json(&mixture) {
             tracing::warn!(checkpoint = %checkpoint.display(), "the spec differs from the one the run started with");
@@ -308,14 +372,21 @@ impl Trainer {
     }
 
     fn stage_name(&self, stage: usize) -> String {
-        self.mixture.stages.get(stage).map_or_else(|| format!("#{stage}"), |s| s.name.clone())
+        self.mixture
+            .stages
+            .get(stage)
+            .map_or_else(|| format!("#{stage}"), |s| s.name.clone())
     }
 
     /// Trains until every stage is done or [`TrainConfig::stop_after`] steps; calls
     /// `on_event` after each step.
     pub fn run(&mut self, on_event: &mut dyn FnMut(&TrainEvent)) -> Result<Outcome> {
         loop {
-            let stage = stage_of(&self.mixture, &self.stream).map_err(|source| TrainError::Pipeline { stage: "?".into(), source })?;
+            let stage =
+                stage_of(&self.mixture, &self.stream).map_err(|source| TrainError::Pipeline {
+                    stage: "?".into(),
+                    source,
+                })?;
             if stage >= self.mixture.stages.len() {
                 break;
             }
@@ -326,17 +397,26 @@ impl Trainer {
             let name = self.stage_name(stage);
             let training = self.mixture.stages[stage].training();
             if training.llm_dropout != 0.0 {
-                return Err(TrainError::Config(format!("stage {name}: llm_dropout is not implemented yet (set it to 0)")));
+                return Err(TrainError::Config(format!(
+                    "stage {name}: llm_dropout is not implemented yet (set it to 0)"
+                )));
             }
             let stage_steps = planned_steps(&self.mixture, stage)?;
-            let pipeline_err = |source| TrainError::Pipeline { stage: name.clone(), source };
-            let mut stream = stage_stream(&self.mixture, stage, &self.options, self.stream.clone()).map_err(pipeline_err)?;
+            let pipeline_err = |source| TrainError::Pipeline {
+                stage: name.clone(),
+                source,
+            };
+            let mut stream = stage_stream(&self.mixture, stage, &self.options, self.stream.clone())
+                .map_err(pipeline_err)?;
             let mut any = false;
             loop {
                 let waited = Instant::now();
                 let Some(next) = stream.next() else { break };
                 let wait = waited.elapsed().as_secs_f64();
-                let next = next.map_err(|source| TrainError::Pipeline { stage: name.clone(), source })?;
+                let next = next.map_err(|source| TrainError::Pipeline {
+                    stage: name.clone(),
+                    source,
+                })?;
                 any = true;
                 let computed = Instant::now();
                 let stats = self.train_batch(&next.batch, &training, stage_steps)?;
@@ -366,7 +446,8 @@ impl Trainer {
                 };
                 on_event(&event);
                 self.metrics.push(event);
-                if self.config.checkpoint_every > 0 && self.step % self.config.checkpoint_every == 0 {
+                if self.config.checkpoint_every > 0 && self.step % self.config.checkpoint_every == 0
+                {
                     self.save_checkpoint()?;
                 }
                 if self.config.stop_after.is_some_and(|k| self.step >= k) {
@@ -376,7 +457,9 @@ impl Trainer {
                 }
             }
             if !any {
-                return Err(TrainError::Config(format!("stage {name} produced no batches")));
+                return Err(TrainError::Config(format!(
+                    "stage {name} produced no batches"
+                )));
             }
         }
         self.save_checkpoint()?;
@@ -388,11 +471,17 @@ impl Trainer {
     /// [`TrainConfig::micro_batch_rows`] rows: each micro-batch counts by its share of the
     /// batch's loss weight, so the result is the whole batch's up to rounding. Switches the
     /// model to the batch's resolution first.
-    pub fn batch_loss_and_grads(&mut self, batch: &Batch, training: &Training) -> Result<(f32, Gradients)> {
+    pub fn batch_loss_and_grads(
+        &mut self,
+        batch: &Batch,
+        training: &Training,
+    ) -> Result<(f32, Gradients)> {
         set_resolution(&mut self.model, batch.resolution)?;
         let input = model_input(batch, &self.model.cfg)?;
         let parts = split_rows(&input, self.config.micro_batch_rows, &self.model.cfg);
-        let opts = LossOptions { label_smoothing: training.label_smoothing as f32 };
+        let opts = LossOptions {
+            label_smoothing: training.label_smoothing as f32,
+        };
         let weight = |p: &ModelInput| p.loss_weights.iter().map(|&w| w as f64).sum::<f64>();
         let total_weight: f64 = parts.iter().map(weight).sum();
         if parts.len() == 1 || total_weight == 0.0 {
@@ -415,7 +504,12 @@ impl Trainer {
 
     /// One optimiser step on `batch` with the knobs of a stage of `stage_steps` planned steps
     /// at the trainer's current stage step.
-    pub fn train_batch(&mut self, batch: &Batch, training: &Training, stage_steps: u64) -> Result<StepStats> {
+    pub fn train_batch(
+        &mut self,
+        batch: &Batch,
+        training: &Training,
+        stage_steps: u64,
+    ) -> Result<StepStats> {
         let stage_name = self.stage_name(self.stage);
         let (loss, mut grads) = self.batch_loss_and_grads(batch, training)?;
         let non_finite = |what, value| TrainError::NonFinite {
@@ -436,14 +530,27 @@ impl Trainer {
         if !norm.is_finite() {
             return Err(non_finite("the gradient norm", norm));
         }
-        let task_loss = if self.config.task_loss_every > 0 && (self.step + 1) % self.config.task_loss_every == 0 {
+        let task_loss = if self.config.task_loss_every > 0
+            && (self.step + 1) % self.config.task_loss_every == 0
+        {
             self.task_losses(batch)?
         } else {
             BTreeMap::new()
         };
         let lr = GroupLrs::at(training, self.stage_step, stage_steps);
-        self.groups.update(&mut self.model, &mut grads, &lr, training.weight_decay, training.freeze_vit);
-        Ok(StepStats { loss, grad_norm: norm, lr, task_loss })
+        self.groups.update(
+            &mut self.model,
+            &mut grads,
+            &lr,
+            training.weight_decay,
+            training.freeze_vit,
+        );
+        Ok(StepStats {
+            loss,
+            grad_norm: norm,
+            lr,
+            task_loss,
+        })
     }
 
     /// Mean unsmoothed cross-entropy per target token of each task in `batch`.
@@ -456,19 +563,32 @@ impl Trainer {
         let mut sums: BTreeMap<String, (f64, f64)> = BTreeMap::new();
         for seg in &batch.segments {
             let base = seg.row as usize * batch.seq_len + seg.start as usize;
-            let entry = sums.entry(self.task_names.get(seg.task_id as usize).cloned().unwrap_or_default()).or_default();
+            let entry = sums
+                .entry(
+                    self.task_names
+                        .get(seg.task_id as usize)
+                        .cloned()
+                        .unwrap_or_default(),
+                )
+                .or_default();
             for i in base..base + seg.len as usize {
                 let w = batch.loss_weights[i] as f64;
                 entry.0 += w * token_losses[i] as f64;
                 entry.1 += w;
             }
         }
-        Ok(sums.into_iter().filter(|(_, (_, w))| *w > 0.0).map(|(t, (l, w))| (t, (l / w) as f32)).collect())
+        Ok(sums
+            .into_iter()
+            .filter(|(_, (_, w))| *w > 0.0)
+            .map(|(t, (l, w))| (t, (l / w) as f32))
+            .collect())
     }
 
     /// Writes a checkpoint of the run as it is now (no-op without a run folder).
     pub fn save_checkpoint(&mut self) -> Result<Option<PathBuf>> {
-        let Some(run_dir) = &self.config.run_dir else { return Ok(None) };
+        let Some(run_dir) = &self.config.run_dir else {
+            return Ok(None);
+        };
         let dir = run_dir.join("checkpoints");
         let state = RunState {
             format: FORMAT,
@@ -479,7 +599,13 @@ impl Trainer {
             spec: spec_json(&self.mixture),
             metrics: self.metrics.clone(),
         };
-        let path = save_run_checkpoint(&dir, &mut self.model, &mut self.groups, &state, self.config.keep_checkpoints)?;
+        let path = save_run_checkpoint(
+            &dir,
+            &mut self.model,
+            &mut self.groups,
+            &state,
+            self.config.keep_checkpoints,
+        )?;
         tracing::info!(path = %path.display(), step = self.step, "checkpoint");
         Ok(Some(path))
     }

@@ -25,12 +25,24 @@ pub fn read_all(file: &str) -> HashMap<String, Arr> {
         .map(|(name, v)| {
             let b = v.data();
             let data: Vec<f64> = match v.dtype() {
-                Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-                Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+                Dtype::F32 => b
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                Dtype::I64 => b
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
                 Dtype::U8 => b.iter().map(|&x| x as f64).collect(),
                 d => panic!("{name}: dtype {d:?}"),
             };
-            (name, Arr { shape: v.shape().to_vec(), data })
+            (
+                name,
+                Arr {
+                    shape: v.shape().to_vec(),
+                    data,
+                },
+            )
         })
         .collect()
 }
@@ -63,5 +75,8 @@ pub fn fixture_input(fx: &HashMap<String, Arr>) -> ModelInput {
 
 pub fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y).abs())
+        .fold(0.0, f64::max)
 }

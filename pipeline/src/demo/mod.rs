@@ -26,7 +26,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::writer::{DataType, ImageValue, Manifest, Row, Schema, ShardWriter, WriterConfig, WriterError};
+use crate::writer::{
+    DataType, ImageValue, Manifest, Row, Schema, ShardWriter, WriterConfig, WriterError,
+};
 pub use scene::{Colour, Object, Position, Scene, Shape};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,12 +102,16 @@ pub enum DemoError {
     #[error("encoding a demo image: {0}")]
     Image(#[from] image::ImageError),
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Generates the dataset into `dir`, showing a progress bar on a terminal.
 pub fn generate(dir: impl AsRef<Path>, config: &DemoConfig) -> Result<DemoManifests, DemoError> {
-    let total = config.train_rows + config.test_rows + config.pair_train_rows + config.pair_test_rows;
+    let total =
+        config.train_rows + config.test_rows + config.pair_train_rows + config.pair_test_rows;
     let progress = ProgressBar::new(total as u64).with_style(
         ProgressStyle::with_template("demo-data {bar:30} {pos}/{len} rows, {per_sec}, ETA {eta}")
             .expect("a valid template"),
@@ -124,27 +130,58 @@ pub fn generate_with_progress(
 ) -> Result<DemoManifests, DemoError> {
     let dir = dir.as_ref();
     if config.image_size < 16 {
-        return Err(DemoError::Config(format!("image_size {} is below 16 pixels", config.image_size)));
+        return Err(DemoError::Config(format!(
+            "image_size {} is below 16 pixels",
+            config.image_size
+        )));
     }
     if let DemoImageFormat::Jpeg { quality } = config.format
         && !(1..=100).contains(&quality)
     {
-        return Err(DemoError::Config(format!("JPEG quality {quality} is outside 1..=100")));
+        return Err(DemoError::Config(format!(
+            "JPEG quality {quality} is outside 1..=100"
+        )));
     }
     let scenes_dir = dir.join("scenes");
     let pairs_dir = dir.join("pairs");
     let sources = [
-        (&scenes_dir, Source::Scenes, DemoSplit::Train, config.train_rows),
-        (&scenes_dir, Source::Scenes, DemoSplit::Test, config.test_rows),
-        (&pairs_dir, Source::Pairs, DemoSplit::Train, config.pair_train_rows),
-        (&pairs_dir, Source::Pairs, DemoSplit::Test, config.pair_test_rows),
+        (
+            &scenes_dir,
+            Source::Scenes,
+            DemoSplit::Train,
+            config.train_rows,
+        ),
+        (
+            &scenes_dir,
+            Source::Scenes,
+            DemoSplit::Test,
+            config.test_rows,
+        ),
+        (
+            &pairs_dir,
+            Source::Pairs,
+            DemoSplit::Train,
+            config.pair_train_rows,
+        ),
+        (
+            &pairs_dir,
+            Source::Pairs,
+            DemoSplit::Test,
+            config.pair_test_rows,
+        ),
     ];
     for (source_dir, source, split, rows) in sources {
         write_split(source_dir, source, split, rows, config, progress)?;
     }
     let readme = dir.join("README.md");
-    fs::write(&readme, readme_text(config)).map_err(|source| DemoError::Io { path: readme, source })?;
-    Ok(DemoManifests { scenes: Manifest::read(&scenes_dir)?, pairs: Manifest::read(&pairs_dir)? })
+    fs::write(&readme, readme_text(config)).map_err(|source| DemoError::Io {
+        path: readme,
+        source,
+    })?;
+    Ok(DemoManifests {
+        scenes: Manifest::read(&scenes_dir)?,
+        pairs: Manifest::read(&pairs_dir)?,
+    })
 }
 
 /// The scene of row `index` of `scenes/{split}`, as the generator drew it.
@@ -257,7 +294,10 @@ fn scene_row(
         .into_iter()
         .map(|[y0, x0, y1, x1]| json!({"y0": y0, "x0": x0, "y1": y1, "x1": x1, "label": label.name()}))
         .collect();
-    let image = encode(&raster::render(&scene, config.image_size, rng), config.format)?;
+    let image = encode(
+        &raster::render(&scene, config.image_size, rng),
+        config.format,
+    )?;
     let name = format!("{}-{index:06}.{}", split.name(), extension(config.format));
     Ok(Row::new()
         .image("image", ImageValue::from_bytes(image).with_path(name))
@@ -268,21 +308,40 @@ fn scene_row(
         .field("objects", objects))
 }
 
-fn pair_row(rng: &mut StdRng, split: DemoSplit, index: usize, config: &DemoConfig) -> Result<Row, DemoError> {
+fn pair_row(
+    rng: &mut StdRng,
+    split: DemoSplit,
+    index: usize,
+    config: &DemoConfig,
+) -> Result<Row, DemoError> {
     let (first, second, shape) = draw_pair(rng);
-    let answer = if first.count(shape) > second.count(shape) { "first" } else { "second" };
+    let answer = if first.count(shape) > second.count(shape) {
+        "first"
+    } else {
+        "second"
+    };
     let images = [&first, &second]
         .into_iter()
         .enumerate()
         .map(|(k, scene)| {
-            let bytes = encode(&raster::render(scene, config.image_size, rng), config.format)?;
-            let name = format!("{}-{index:06}-{k}.{}", split.name(), extension(config.format));
+            let bytes = encode(
+                &raster::render(scene, config.image_size, rng),
+                config.format,
+            )?;
+            let name = format!(
+                "{}-{index:06}-{k}.{}",
+                split.name(),
+                extension(config.format)
+            );
             Ok(ImageValue::from_bytes(bytes).with_path(name))
         })
         .collect::<Result<Vec<_>, DemoError>>()?;
     Ok(Row::new()
         .image_list("images", images)
-        .field("question", format!("which image has more {}?", shape.plural()))
+        .field(
+            "question",
+            format!("which image has more {}?", shape.plural()),
+        )
         .field("answer", answer))
 }
 

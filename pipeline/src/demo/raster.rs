@@ -45,8 +45,8 @@ fn draw(image: &mut RgbImage, object: &Object) {
                 let alpha = f64::from(covered) / f64::from(SAMPLES * SAMPLES);
                 let pixel = image.get_pixel_mut(px, py);
                 for (channel, &target) in pixel.0.iter_mut().zip(&colour) {
-                    *channel =
-                        (f64::from(*channel) * (1.0 - alpha) + f64::from(target) * alpha).round() as u8;
+                    *channel = (f64::from(*channel) * (1.0 - alpha) + f64::from(target) * alpha)
+                        .round() as u8;
                 }
             }
         }

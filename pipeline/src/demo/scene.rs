@@ -135,7 +135,10 @@ impl Scene {
         for third in thirds {
             // No two objects alike, so "the red circle" always names one object.
             let (shape, colour) = loop {
-                let pick = (*Shape::ALL.choose(rng).unwrap(), *Colour::ALL.choose(rng).unwrap());
+                let pick = (
+                    *Shape::ALL.choose(rng).unwrap(),
+                    *Colour::ALL.choose(rng).unwrap(),
+                );
                 if !objects.iter().any(|o| (o.shape, o.colour) == pick) {
                     break pick;
                 }
@@ -145,11 +148,25 @@ impl Scene {
             let slack = (THIRD - size) / 2.0;
             let cx = (third as f64 + 0.5) * THIRD + rng.random_range(-slack..slack);
             let cy = rng.random_range(size / 2.0..1.0 - size / 2.0);
-            objects.push(Object { shape, colour, cx, cy, size });
+            objects.push(Object {
+                shape,
+                colour,
+                cx,
+                cy,
+                size,
+            });
         }
         let background = rng.random_range(150..=215);
-        let noise = if rng.random_bool(0.5) { rng.random_range(4..=12) } else { 0 };
-        Scene { objects, background, noise }
+        let noise = if rng.random_bool(0.5) {
+            rng.random_range(4..=12)
+        } else {
+            0
+        };
+        Scene {
+            objects,
+            background,
+            noise,
+        }
     }
 
     pub fn count(&self, shape: Shape) -> usize {
@@ -158,28 +175,45 @@ impl Scene {
 
     /// "a red circle left of a blue square left of a green triangle": objects left to right.
     pub fn caption(&self) -> String {
-        self.objects.iter().map(Object::phrase).collect::<Vec<_>>().join(" left of ")
+        self.objects
+            .iter()
+            .map(Object::phrase)
+            .collect::<Vec<_>>()
+            .join(" left of ")
     }
 
     /// One question about the scene, of a kind drawn uniformly (colour, count, position).
     pub fn question(&self, rng: &mut impl Rng) -> (String, String) {
-        let unique: Vec<Shape> = Shape::ALL.into_iter().filter(|&s| self.count(s) == 1).collect();
+        let unique: Vec<Shape> = Shape::ALL
+            .into_iter()
+            .filter(|&s| self.count(s) == 1)
+            .collect();
         match rng.random_range(0..3) {
             0 if !unique.is_empty() => {
                 let shape = *unique.choose(rng).unwrap();
                 let object = self.objects.iter().find(|o| o.shape == shape).unwrap();
-                (format!("what colour is the {}?", shape.name()), object.colour.name().to_string())
+                (
+                    format!("what colour is the {}?", shape.name()),
+                    object.colour.name().to_string(),
+                )
             }
             2 => {
                 let object = self.objects.choose(rng).unwrap();
-                let question = format!("where is the {} {}?", object.colour.name(), object.shape.name());
+                let question = format!(
+                    "where is the {} {}?",
+                    object.colour.name(),
+                    object.shape.name()
+                );
                 (question, object.position().name().to_string())
             }
             // Count, and the colour question's fallback when no shape is alone. Any shape,
             // present or not: "0" is an answer worth learning.
             _ => {
                 let shape = *Shape::ALL.choose(rng).unwrap();
-                (format!("how many {} are there?", shape.plural()), self.count(shape).to_string())
+                (
+                    format!("how many {} are there?", shape.plural()),
+                    self.count(shape).to_string(),
+                )
             }
         }
     }
@@ -195,6 +229,10 @@ impl Scene {
 
     /// The boxes of one class, left to right.
     pub fn boxes(&self, shape: Shape) -> Vec<[f64; 4]> {
-        self.objects.iter().filter(|o| o.shape == shape).map(Object::bbox).collect()
+        self.objects
+            .iter()
+            .filter(|o| o.shape == shape)
+            .map(Object::bbox)
+            .collect()
     }
 }

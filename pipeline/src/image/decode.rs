@@ -47,6 +47,7 @@ pub(super) fn decode(
         }
         _ => Some(DynamicImage::from_decoder(decoder)?.into_rgb8()),
     };
-    let rgb = rgb.ok_or_else(|| ImageError::Corrupt("decoded size differs from the header".into()))?;
+    let rgb =
+        rgb.ok_or_else(|| ImageError::Corrupt("decoded size differs from the header".into()))?;
     Ok((rgb, orientation))
 }

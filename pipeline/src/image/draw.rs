@@ -17,9 +17,23 @@ pub fn draw_box(rgb: &mut RgbImage, box_yxyx: [f32; 4], colour: Rgb<u8>, thickne
     let tx = pixels(thickness * w);
     let ty = pixels(thickness * h);
     fill(rgb, left, right, top, (top + ty).min(bottom), colour);
-    fill(rgb, left, right, bottom.saturating_sub(ty).max(top), bottom, colour);
+    fill(
+        rgb,
+        left,
+        right,
+        bottom.saturating_sub(ty).max(top),
+        bottom,
+        colour,
+    );
     fill(rgb, left, (left + tx).min(right), top, bottom, colour);
-    fill(rgb, right.saturating_sub(tx).max(left), right, top, bottom, colour);
+    fill(
+        rgb,
+        right.saturating_sub(tx).max(left),
+        right,
+        top,
+        bottom,
+        colour,
+    );
 }
 
 /// A filled dot of `radius` at `[y, x]`: a circle after the square resize.
@@ -28,7 +42,12 @@ pub fn draw_point(rgb: &mut RgbImage, point_yx: [f32; 2], colour: Rgb<u8>, radiu
     let (cy, cx) = (point_yx[0] * h, point_yx[1] * w);
     let (ry, rx) = ((radius * h).max(1.0), (radius * w).max(1.0));
     // `as` saturates and takes NaN to 0: no coordinate can index outside the image.
-    let bounds = |c: f32, r: f32, size: f32| ((c - r).clamp(0.0, size) as u32, (c + r).ceil().clamp(0.0, size) as u32);
+    let bounds = |c: f32, r: f32, size: f32| {
+        (
+            (c - r).clamp(0.0, size) as u32,
+            (c + r).ceil().clamp(0.0, size) as u32,
+        )
+    };
     let (top, bottom) = bounds(cy, ry, h);
     let (left, right) = bounds(cx, rx, w);
     for y in top..bottom {
@@ -45,7 +64,10 @@ pub fn draw_point(rgb: &mut RgbImage, point_yx: [f32; 2], colour: Rgb<u8>, radiu
 fn span(a: f32, b: f32, size: f32) -> (u32, u32) {
     let to_pixel = |v: f32| (v.clamp(0.0, 1.0) * size) as u32;
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    (to_pixel(lo), to_pixel(hi).max(to_pixel(lo) + 1).min(size as u32))
+    (
+        to_pixel(lo),
+        to_pixel(hi).max(to_pixel(lo) + 1).min(size as u32),
+    )
 }
 
 fn pixels(v: f32) -> u32 {

@@ -21,7 +21,9 @@ impl ImageError {
     pub fn reason(&self) -> Reason {
         match self {
             ImageError::Corrupt(_) => Reason::CorruptImage,
-            ImageError::Unsupported(_) | ImageError::TooLarge { .. } => Reason::UnsupportedImageFormat,
+            ImageError::Unsupported(_) | ImageError::TooLarge { .. } => {
+                Reason::UnsupportedImageFormat
+            }
         }
     }
 }
@@ -33,7 +35,9 @@ impl From<image::ImageError> for ImageError {
             // Over a decoder's own allocation limit counts as oversized, like `TooLarge`.
             E::Unsupported(_) | E::Limits(_) => ImageError::Unsupported(e.to_string()),
             // I/O on an in-memory slice only fails at its end: truncated data.
-            E::Decoding(_) | E::IoError(_) | E::Parameter(_) | E::Encoding(_) => ImageError::Corrupt(e.to_string()),
+            E::Decoding(_) | E::IoError(_) | E::Parameter(_) | E::Encoding(_) => {
+                ImageError::Corrupt(e.to_string())
+            }
         }
     }
 }

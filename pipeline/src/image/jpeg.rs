@@ -67,7 +67,10 @@ pub(super) fn markers(bytes: &[u8]) -> Markers<'_> {
         }
         pos += len.max(2);
     }
-    Markers { exif, complete: false }
+    Markers {
+        exif,
+        complete: false,
+    }
 }
 
 #[cfg(test)]

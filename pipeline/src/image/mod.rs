@@ -74,7 +74,12 @@ impl ImageProcessor {
 
     /// [`process`](Self::process) into `chw`, such as an image's place in a batch. `chw` must
     /// hold exactly `pixels_len(resolution)` values: any other length is a bug, and panics.
-    pub fn process_into(&mut self, bytes: &[u8], resolution: u32, chw: &mut [f32]) -> Result<(), ImageError> {
+    pub fn process_into(
+        &mut self,
+        bytes: &[u8],
+        resolution: u32,
+        chw: &mut [f32],
+    ) -> Result<(), ImageError> {
         let buffer = std::mem::take(&mut self.pixels);
         let rgb = self.decode(bytes, Some(resolution), buffer)?;
         let done = self.resize.run(&rgb, resolution, chw);
@@ -85,23 +90,38 @@ impl ImageProcessor {
     /// Decodes to upright RGB 8-bit, for previews, re-encoding and visual prompts. With a hint,
     /// a JPEG may come out smaller (DCT scaling, `turbojpeg` feature) but keeps its shorter side
     /// at least `min_side_hint`.
-    pub fn decode_rgb(&mut self, bytes: &[u8], min_side_hint: Option<u32>) -> Result<RgbImage, ImageError> {
+    pub fn decode_rgb(
+        &mut self,
+        bytes: &[u8],
+        min_side_hint: Option<u32>,
+    ) -> Result<RgbImage, ImageError> {
         self.decode(bytes, min_side_hint, Vec::new())
     }
 
     /// The second half of [`process`](Self::process), for an image already decoded (and drawn
     /// on): `[3, R, R]` in [-1, 1].
-    pub fn resize_normalise(&mut self, rgb: &RgbImage, resolution: u32) -> Result<Vec<f32>, ImageError> {
+    pub fn resize_normalise(
+        &mut self,
+        rgb: &RgbImage,
+        resolution: u32,
+    ) -> Result<Vec<f32>, ImageError> {
         let mut chw = vec![0.0; pixels_len(resolution)];
         self.resize.run(rgb, resolution, &mut chw)?;
         Ok(chw)
     }
 
-    fn decode(&mut self, bytes: &[u8], min_side: Option<u32>, buffer: Vec<u8>) -> Result<RgbImage, ImageError> {
+    fn decode(
+        &mut self,
+        bytes: &[u8],
+        min_side: Option<u32>,
+        buffer: Vec<u8>,
+    ) -> Result<RgbImage, ImageError> {
         // The codecs are third-party code fed untrusted bytes: a panic in one is a bad image,
         // not the end of a training run.
-        catch_unwind(AssertUnwindSafe(|| self.decode_unguarded(bytes, min_side, buffer)))
-            .unwrap_or_else(|_| Err(ImageError::Corrupt("the decoder panicked".into())))
+        catch_unwind(AssertUnwindSafe(|| {
+            self.decode_unguarded(bytes, min_side, buffer)
+        }))
+        .unwrap_or_else(|_| Err(ImageError::Corrupt("the decoder panicked".into())))
     }
 
     fn decode_unguarded(
@@ -113,7 +133,9 @@ impl ImageProcessor {
         // A JPEG's completeness and orientation come from its markers, whichever decoder runs.
         let jpeg_orientation = match jpeg::is_jpeg(bytes).then(|| jpeg::markers(bytes)) {
             Some(markers) if !markers.complete => {
-                return Err(ImageError::Corrupt("truncated JPEG: no end-of-image marker".into()));
+                return Err(ImageError::Corrupt(
+                    "truncated JPEG: no end-of-image marker".into(),
+                ));
             }
             markers => markers.map(|m| m.orientation()),
         };
@@ -129,14 +151,22 @@ impl ImageProcessor {
         };
         #[cfg(not(feature = "turbojpeg"))]
         let _ = min_side; // only libjpeg-turbo decodes smaller
-        let (rgb, orientation) = decode::decode(bytes, jpeg_orientation, buffer, &mut self.scratch, self.max_pixels)?;
+        let (rgb, orientation) = decode::decode(
+            bytes,
+            jpeg_orientation,
+            buffer,
+            &mut self.scratch,
+            self.max_pixels,
+        )?;
         Ok(orient(rgb, orientation))
     }
 }
 
 fn check_size(width: u32, height: u32, max_pixels: u64) -> Result<(), ImageError> {
     if width == 0 || height == 0 {
-        return Err(ImageError::Corrupt(format!("empty image ({width}x{height})")));
+        return Err(ImageError::Corrupt(format!(
+            "empty image ({width}x{height})"
+        )));
     }
     if u64::from(width) * u64::from(height) > max_pixels {
         return Err(ImageError::TooLarge {

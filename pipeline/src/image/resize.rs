@@ -30,7 +30,8 @@ impl Resize {
     pub fn new() -> Self {
         // Catmull-Rom is the cubic with a = -0.5 that PIL's BICUBIC uses, with the same support
         // widening when shrinking.
-        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+        let options =
+            ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
         Resize {
             resizer: Resizer::new(),
             options,
@@ -40,25 +41,37 @@ impl Resize {
     }
 
     /// Writes the `[3, R, R]` result into `chw`, which must hold exactly `3 * R * R` values.
-    pub fn run(&mut self, rgb: &RgbImage, resolution: u32, chw: &mut [f32]) -> Result<(), ImageError> {
+    pub fn run(
+        &mut self,
+        rgb: &RgbImage,
+        resolution: u32,
+        chw: &mut [f32],
+    ) -> Result<(), ImageError> {
         let side = resolution as usize;
-        assert_eq!(chw.len(), 3 * side * side, "output buffer for [3, {side}, {side}]");
+        assert_eq!(
+            chw.len(),
+            3 * side * side,
+            "output buffer for [3, {side}, {side}]"
+        );
         let failed = |e: &dyn std::fmt::Display| ImageError::Corrupt(format!("resize: {e}"));
         // PIL resizes rows, rounds to 8 bits, then resizes columns; fast_image_resize does
         // columns first. Two one-axis passes in PIL's order match it exactly on 99.7% of values
         // (the rest within a level, from coefficient precision) instead of 84% (up to 5 off),
         // for about 15% more resize time.
         let (width, height) = rgb.dimensions();
-        let src = ImageRef::new(width, height, rgb.as_raw(), PixelType::U8x3).map_err(|e| failed(&e))?;
+        let src =
+            ImageRef::new(width, height, rgb.as_raw(), PixelType::U8x3).map_err(|e| failed(&e))?;
         self.between.resize(3 * side * height as usize, 0);
         let mut between =
-            Image::from_slice_u8(resolution, height, &mut self.between, PixelType::U8x3).map_err(|e| failed(&e))?;
+            Image::from_slice_u8(resolution, height, &mut self.between, PixelType::U8x3)
+                .map_err(|e| failed(&e))?;
         self.resizer
             .resize(&src, &mut between, &self.options)
             .map_err(|e| failed(&e))?;
         self.resized.resize(3 * side * side, 0);
         let mut dst =
-            Image::from_slice_u8(resolution, resolution, &mut self.resized, PixelType::U8x3).map_err(|e| failed(&e))?;
+            Image::from_slice_u8(resolution, resolution, &mut self.resized, PixelType::U8x3)
+                .map_err(|e| failed(&e))?;
         self.resizer
             .resize(&between, &mut dst, &self.options)
             .map_err(|e| failed(&e))?;

@@ -41,7 +41,11 @@ impl Turbo {
 
         // libjpeg-turbo converts grey and YCbCr to RGB itself, but CMYK only to CMYK.
         let cmyk = matches!(header.colorspace, Colorspace::CMYK | Colorspace::YCCK);
-        let format = if cmyk { PixelFormat::CMYK } else { PixelFormat::RGB };
+        let format = if cmyk {
+            PixelFormat::CMYK
+        } else {
+            PixelFormat::RGB
+        };
         let target = if cmyk { &mut *scratch } else { &mut pixels };
         target.resize(width * height * format.size(), 0);
         let image = Image {
@@ -105,7 +109,9 @@ mod tests {
         // full cyan alone leaves green and blue.
         let mut rgb = Vec::new();
         cmyk_to_rgb(
-            &[255, 255, 255, 255, 0, 0, 0, 0, 0, 255, 255, 255, 128, 255, 255, 128],
+            &[
+                255, 255, 255, 255, 0, 0, 0, 0, 0, 255, 255, 255, 128, 255, 255, 128,
+            ],
             &mut rgb,
         );
         assert_eq!(rgb, [255, 255, 255, 0, 0, 0, 0, 255, 255, 64, 128, 128]);

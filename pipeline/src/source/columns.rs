@@ -2,8 +2,10 @@
 //! references to encoded images in whichever layout the dataset uses.
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float16Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type,
-    Int64Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type};
+use arrow::datatypes::{
+    DataType, Float16Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type,
+    UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
 use bytes::Bytes;
 use serde_json::{Map, Number, Value};
 
@@ -36,7 +38,10 @@ pub fn rows(
 ) -> Vec<Result<RawRow, BadInput>> {
     (0..batch.num_rows())
         .map(|i| {
-            let location = Location { row: at.row + i, ..at.clone() };
+            let location = Location {
+                row: at.row + i,
+                ..at.clone()
+            };
             row(batch, i, location, image_columns, text_columns)
         })
         .collect()
@@ -51,13 +56,22 @@ fn row(
 ) -> Result<RawRow, BadInput> {
     let column = |name: &String| {
         batch.column_by_name(name).ok_or_else(|| {
-            BadInput::new(Reason::MissingColumn, location.with_column(name), "the shard has no such column")
+            BadInput::new(
+                Reason::MissingColumn,
+                location.with_column(name),
+                "the shard has no such column",
+            )
         })
     };
     let mut fields = Map::new();
     for name in text_columns {
-        let value = cell_value(column(name)?.as_ref(), i)
-            .map_err(|ty| BadInput::new(Reason::WrongType, location.with_column(name), format!("{ty} is not a text or number")))?;
+        let value = cell_value(column(name)?.as_ref(), i).map_err(|ty| {
+            BadInput::new(
+                Reason::WrongType,
+                location.with_column(name),
+                format!("{ty} is not a text or number"),
+            )
+        })?;
         fields.insert(name.clone(), value);
     }
     let mut images = Vec::new();
@@ -71,7 +85,11 @@ fn row(
             DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..) => {
                 let items = list_item(array.as_ref(), i);
                 if items.is_empty() {
-                    return Err(BadInput::new(Reason::NullValue, at, "an empty list of images"));
+                    return Err(BadInput::new(
+                        Reason::NullValue,
+                        at,
+                        "an empty list of images",
+                    ));
                 }
                 for j in 0..items.len() {
                     images.push((name.clone(), image_ref(items.as_ref(), j, &at)?));
@@ -80,7 +98,11 @@ fn row(
             _ => images.push((name.clone(), image_ref(array.as_ref(), i, &at)?)),
         }
     }
-    Ok(RawRow { location, fields, images })
+    Ok(RawRow {
+        location,
+        fields,
+        images,
+    })
 }
 
 fn list_item(array: &dyn Array, i: usize) -> arrow::array::ArrayRef {
@@ -144,13 +166,20 @@ fn image_ref(array: &dyn Array, i: usize, at: &Location) -> Result<ImageRef, Bad
             }
         }
         if fields.column_by_name("bytes").is_some() || fields.column_by_name("path").is_some() {
-            return Err(BadInput::new(Reason::NullValue, at.clone(), "image struct with neither bytes nor path"));
+            return Err(BadInput::new(
+                Reason::NullValue,
+                at.clone(),
+                "image struct with neither bytes nor path",
+            ));
         }
     }
     Err(BadInput::new(
         Reason::WrongType,
         at.clone(),
-        format!("{} is not an image layout (struct<bytes, path>, binary, or a path/URL string)", array.data_type()),
+        format!(
+            "{} is not an image layout (struct<bytes, path>, binary, or a path/URL string)",
+            array.data_type()
+        ),
     ))
 }
 
@@ -181,7 +210,11 @@ pub fn cell_value(array: &dyn Array, i: usize) -> Result<Value, String> {
         DataType::Float64 => number(array.as_primitive::<Float64Type>().value(i)),
         DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..) => {
             let items = list_item(array, i);
-            Value::Array((0..items.len()).map(|j| cell_value(items.as_ref(), j)).collect::<Result<_, _>>()?)
+            Value::Array(
+                (0..items.len())
+                    .map(|j| cell_value(items.as_ref(), j))
+                    .collect::<Result<_, _>>()?,
+            )
         }
         DataType::Struct(fields) => {
             let s = array.as_struct();
@@ -192,7 +225,8 @@ pub fn cell_value(array: &dyn Array, i: usize) -> Result<Value, String> {
             Value::Object(map)
         }
         DataType::Dictionary(..) => {
-            let cast = arrow::compute::cast(&array.slice(i, 1), &DataType::Utf8).map_err(|e| e.to_string())?;
+            let cast = arrow::compute::cast(&array.slice(i, 1), &DataType::Utf8)
+                .map_err(|e| e.to_string())?;
             cell_value(cast.as_ref(), 0)?
         }
         other => return Err(other.to_string()),

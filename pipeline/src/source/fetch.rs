@@ -28,7 +28,11 @@ pub struct FetchConfig {
 
 impl Default for FetchConfig {
     fn default() -> Self {
-        Self { timeout_secs: 20.0, retries: 3, concurrency: 32 }
+        Self {
+            timeout_secs: 20.0,
+            retries: 3,
+            concurrency: 32,
+        }
     }
 }
 
@@ -53,25 +57,43 @@ impl Fetcher {
             .connect_timeout(Duration::from_secs_f64(config.timeout_secs.min(10.0)))
             .build()
             .expect("a TLS backend is compiled in");
-        Self { client, in_flight: Arc::new(Semaphore::new(config.concurrency.max(1))), config }
+        Self {
+            client,
+            in_flight: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            config,
+        }
     }
 
     /// The row with every image as bytes, or the first image that could not be had.
     pub async fn resolve(&self, row: RawRow, root: &ImageRoot) -> Result<Record, BadInput> {
-        let RawRow { location, fields, images } = row;
+        let RawRow {
+            location,
+            fields,
+            images,
+        } = row;
         let fetches = images.into_iter().map(|(column, image)| {
             let at = location.with_column(&column);
             async move {
                 let bytes = match image {
                     ImageRef::Bytes(bytes) => bytes,
-                    ImageRef::Path(path) => self.read_path(&path, root).await.map_err(|(reason, detail)| BadInput::new(reason, at, detail))?,
-                    ImageRef::Url(url) => self.get_url(&url).await.map_err(|detail| BadInput::new(Reason::UnreachableUrl, at, detail))?,
+                    ImageRef::Path(path) => self
+                        .read_path(&path, root)
+                        .await
+                        .map_err(|(reason, detail)| BadInput::new(reason, at, detail))?,
+                    ImageRef::Url(url) => self
+                        .get_url(&url)
+                        .await
+                        .map_err(|detail| BadInput::new(Reason::UnreachableUrl, at, detail))?,
                 };
                 Ok(EncodedImage { bytes, column })
             }
         });
         let images = try_join_all(fetches).await?;
-        Ok(Record { location, fields, images })
+        Ok(Record {
+            location,
+            fields,
+            images,
+        })
     }
 
     async fn read_path(&self, path: &str, root: &ImageRoot) -> Result<Bytes, (Reason, String)> {
@@ -83,8 +105,16 @@ impl Fetcher {
             let relative = Path::parse(path).map_err(|e| missing(e.to_string()))?;
             root.base.parts().chain(relative.parts()).collect()
         };
-        let _permit = self.in_flight.acquire().await.expect("the semaphore is never closed");
-        let got = root.store.get(&full).await.map_err(|e| missing(e.to_string()))?;
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let got = root
+            .store
+            .get(&full)
+            .await
+            .map_err(|e| missing(e.to_string()))?;
         got.bytes().await.map_err(|e| missing(e.to_string()))
     }
 
@@ -94,7 +124,11 @@ impl Fetcher {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
             }
-            let _permit = self.in_flight.acquire().await.expect("the semaphore is never closed");
+            let _permit = self
+                .in_flight
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
             match self.client.get(url).send().await {
                 Ok(response) if response.status().is_success() => match response.bytes().await {
                     Ok(bytes) => return Ok(bytes),

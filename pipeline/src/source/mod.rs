@@ -72,14 +72,24 @@ pub enum SourceError {
     #[error("{entry}: unreachable: {reason}")]
     Unreachable { entry: String, reason: String },
     #[error("{entry}: {source}")]
-    Io { entry: String, source: std::io::Error },
+    Io {
+        entry: String,
+        source: std::io::Error,
+    },
     #[error("none of the {shards} shards of {entry} could be read; first: {first}")]
-    AllUnreadable { entry: String, shards: usize, first: String },
+    AllUnreadable {
+        entry: String,
+        shards: usize,
+        first: String,
+    },
 }
 
 impl SourceError {
     pub fn io(entry: &str, source: std::io::Error) -> Self {
-        Self::Io { entry: entry.to_string(), source }
+        Self::Io {
+            entry: entry.to_string(),
+            source,
+        }
     }
 }
 
@@ -114,19 +124,35 @@ impl OpenSource {
                 Ok(file) => files.push(file),
                 Err((name, e)) => {
                     tracing::warn!("{name}: unreadable Parquet file: {e}");
-                    unreadable.push(BadInput::new(Reason::UnreadableParquet, Location::new(name, 0, 0), e.to_string()));
+                    unreadable.push(BadInput::new(
+                        Reason::UnreadableParquet,
+                        Location::new(name, 0, 0),
+                        e.to_string(),
+                    ));
                 }
             }
         }
         if files.is_empty() {
-            let first = unreadable.first().map(|b| b.to_string()).unwrap_or_default();
-            return Err(SourceError::AllUnreadable { entry: config.data.join(", "), shards: count, first });
+            let first = unreadable
+                .first()
+                .map(|b| b.to_string())
+                .unwrap_or_default();
+            return Err(SourceError::AllUnreadable {
+                entry: config.data.join(", "),
+                shards: count,
+                first,
+            });
         }
         let image_root = match &config.image_root {
             None => None,
             Some(root) => Some(image_root_of(root)?),
         };
-        Ok(Self { config, files, unreadable, image_root })
+        Ok(Self {
+            config,
+            files,
+            unreadable,
+            image_root,
+        })
     }
 
     /// Rows in all readable shards.
@@ -136,11 +162,19 @@ impl OpenSource {
 
     /// Top-level column names of the first readable shard.
     pub fn columns(&self) -> Vec<String> {
-        self.files[0].schema().fields().iter().map(|f| f.name().clone()).collect()
+        self.files[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
     }
 
     pub fn image_root(&self, file: &ShardFile) -> ImageRoot {
-        self.image_root.clone().unwrap_or_else(|| ImageRoot { store: file.shard.store.clone(), base: file.shard.parent() })
+        self.image_root.clone().unwrap_or_else(|| ImageRoot {
+            store: file.shard.store.clone(),
+            base: file.shard.parent(),
+        })
     }
 }
 
@@ -153,9 +187,16 @@ fn image_root_of(root: &str) -> Result<ImageRoot, SourceError> {
         _ => {
             let path = root.strip_prefix("file://").unwrap_or(root);
             let absolute = std::path::absolute(path).map_err(|e| SourceError::io(root, e))?;
-            let base = object_store::path::Path::from_absolute_path(&absolute)
-                .map_err(|e| SourceError::BadUrl { entry: root.to_string(), reason: e.to_string() })?;
-            Ok(ImageRoot { store: Arc::new(object_store::local::LocalFileSystem::new()), base })
+            let base = object_store::path::Path::from_absolute_path(&absolute).map_err(|e| {
+                SourceError::BadUrl {
+                    entry: root.to_string(),
+                    reason: e.to_string(),
+                }
+            })?;
+            Ok(ImageRoot {
+                store: Arc::new(object_store::local::LocalFileSystem::new()),
+                base,
+            })
         }
     }
 }

@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use object_store::ObjectStoreExt;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
+};
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStream};
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::errors::ParquetError;
@@ -29,16 +31,28 @@ fn external(e: object_store::Error) -> ParquetError {
 
 impl AsyncFileReader for ShardBytes {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        async move { self.shard.store.get_range(&self.shard.path, range).await.map_err(external) }
-            .boxed()
+        async move {
+            self.shard
+                .store
+                .get_range(&self.shard.path, range)
+                .await
+                .map_err(external)
+        }
+        .boxed()
     }
 
     fn get_byte_ranges(
         &mut self,
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
-        async move { self.shard.store.get_ranges(&self.shard.path, &ranges).await.map_err(external) }
-            .boxed()
+        async move {
+            self.shard
+                .store
+                .get_ranges(&self.shard.path, &ranges)
+                .await
+                .map_err(external)
+        }
+        .boxed()
     }
 
     fn get_metadata<'a>(
@@ -63,8 +77,11 @@ pub struct ShardFile {
 
 impl ShardFile {
     pub async fn open(shard: Shard) -> Result<Self, ParquetError> {
-        let mut bytes = ShardBytes { shard: shard.clone() };
-        let metadata = ArrowReaderMetadata::load_async(&mut bytes, ArrowReaderOptions::new()).await?;
+        let mut bytes = ShardBytes {
+            shard: shard.clone(),
+        };
+        let metadata =
+            ArrowReaderMetadata::load_async(&mut bytes, ArrowReaderOptions::new()).await?;
         Ok(Self { shard, metadata })
     }
 
@@ -75,7 +92,10 @@ impl ShardFile {
     /// Row count of each row group.
     pub fn row_groups(&self) -> Vec<usize> {
         let meta = self.metadata.metadata();
-        meta.row_groups().iter().map(|g| g.num_rows() as usize).collect()
+        meta.row_groups()
+            .iter()
+            .map(|g| g.num_rows() as usize)
+            .collect()
     }
 
     /// Streams `rows` of `row_group`, only the named top-level `columns` (those the shard has),
@@ -101,7 +121,9 @@ impl ShardFile {
             RowSelector::select(rows.end - rows.start),
         ]);
         ParquetRecordBatchStreamBuilder::new_with_metadata(
-            ShardBytes { shard: self.shard.clone() },
+            ShardBytes {
+                shard: self.shard.clone(),
+            },
             self.metadata.clone(),
         )
         .with_row_groups(vec![row_group])

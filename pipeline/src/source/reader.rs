@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
+use super::OpenSource;
 use super::columns::{self, RawRow};
 use super::fetch::Fetcher;
 use super::parquet::ShardFile;
-use super::plan::{plan, ShardSpec, Unit};
-use super::OpenSource;
+use super::plan::{ShardSpec, Unit, plan};
 use crate::bad_input::{BadInput, Reason};
 use crate::location::Location;
 use crate::record::Record;
@@ -29,7 +29,10 @@ pub struct Cursor {
 #[derive(Debug)]
 pub enum SourceItem {
     /// A row, or why it was skipped.
-    Row { item: Result<Record, BadInput>, after: Cursor },
+    Row {
+        item: Result<Record, BadInput>,
+        after: Cursor,
+    },
     /// Every row of an epoch has been sent: the schedule counts passes by these.
     EpochEnd { after: Cursor },
 }
@@ -68,23 +71,58 @@ pub struct Reader {
 impl Reader {
     /// Sends items from `start` on until the source's epochs are spent or `tx` is closed.
     pub async fn run(self, start: Cursor, tx: mpsc::Sender<SourceItem>) {
-        let row_groups: Vec<Vec<usize>> = self.source.files.iter().map(ShardFile::row_groups).collect();
+        let row_groups: Vec<Vec<usize>> = self
+            .source
+            .files
+            .iter()
+            .map(ShardFile::row_groups)
+            .collect();
         for epoch in start.epoch.. {
-            if self.source.config.epochs.is_some_and(|limit| epoch >= limit) {
+            if self
+                .source
+                .config
+                .epochs
+                .is_some_and(|limit| epoch >= limit)
+            {
                 return;
             }
-            let units = plan(&row_groups, self.shard, epoch, self.seed, self.source.config.shuffle);
+            let units = plan(
+                &row_groups,
+                self.shard,
+                epoch,
+                self.seed,
+                self.source.config.shuffle,
+            );
             if units.is_empty() {
                 return;
             }
             let first = if epoch == start.epoch { start.unit } else { 0 };
             for (u, unit) in units.iter().enumerate().skip(first) {
-                let skip = if epoch == start.epoch && u == start.unit { start.row } else { 0 };
-                if !self.read_unit(unit, Cursor { epoch, unit: u, row: skip }, &tx).await {
+                let skip = if epoch == start.epoch && u == start.unit {
+                    start.row
+                } else {
+                    0
+                };
+                if !self
+                    .read_unit(
+                        unit,
+                        Cursor {
+                            epoch,
+                            unit: u,
+                            row: skip,
+                        },
+                        &tx,
+                    )
+                    .await
+                {
                     return;
                 }
             }
-            let after = Cursor { epoch: epoch + 1, unit: 0, row: 0 };
+            let after = Cursor {
+                epoch: epoch + 1,
+                unit: 0,
+                row: 0,
+            };
             if tx.send(SourceItem::EpochEnd { after }).await.is_err() {
                 return;
             }
@@ -98,14 +136,27 @@ impl Reader {
         let location = Location::new(&file.shard.name, unit.row_group, first_row);
         let mut sent = 0;
         let send = |item, sent: usize| {
-            let after = Cursor { row: cursor.row + sent, ..cursor };
+            let after = Cursor {
+                row: cursor.row + sent,
+                ..cursor
+            };
             tx.send(SourceItem::Row { item, after })
         };
         let result: Result<(), Option<String>> = async {
-            let mut batches = self.open_unit(file, unit.row_group, first_row..unit.rows.end).map_err(Some)?;
+            let mut batches = self
+                .open_unit(file, unit.row_group, first_row..unit.rows.end)
+                .map_err(Some)?;
             while let Some(batch) = batches.try_next().await.map_err(|e| Some(e.to_string()))? {
-                let at = Location { row: first_row + sent, ..location.clone() };
-                let rows = columns::rows(&batch, &at, &self.source.config.image_columns, &self.file_columns());
+                let at = Location {
+                    row: first_row + sent,
+                    ..location.clone()
+                };
+                let rows = columns::rows(
+                    &batch,
+                    &at,
+                    &self.source.config.image_columns,
+                    &self.file_columns(),
+                );
                 let mut fetched = futures::stream::iter(rows)
                     .map(|row| self.fetch(row, file))
                     .buffered(self.source.config.fetch.concurrency.max(1));
@@ -125,7 +176,10 @@ impl Reader {
                 // The rest of the unit is unreadable (a truncated file, say): each row is lost.
                 for row in first_row + sent..unit.rows.end {
                     sent += 1;
-                    let at = Location { row, ..location.clone() };
+                    let at = Location {
+                        row,
+                        ..location.clone()
+                    };
                     let bad = BadInput::new(Reason::UnreadableParquet, at, error.clone());
                     if send(Err(bad), sent).await.is_err() {
                         return false;
@@ -137,7 +191,11 @@ impl Reader {
     }
 
     fn file_columns(&self) -> Vec<String> {
-        let mut columns: Vec<String> = self.text_columns.iter().map(|(_, column)| column.clone()).collect();
+        let mut columns: Vec<String> = self
+            .text_columns
+            .iter()
+            .map(|(_, column)| column.clone())
+            .collect();
         columns.extend(self.filter.iter().map(|f| f.column.clone()));
         columns
     }
@@ -147,14 +205,22 @@ impl Reader {
         file: &ShardFile,
         row_group: usize,
         rows: std::ops::Range<usize>,
-    ) -> Result<parquet::arrow::async_reader::ParquetRecordBatchStream<super::parquet::ShardBytes>, String> {
+    ) -> Result<
+        parquet::arrow::async_reader::ParquetRecordBatchStream<super::parquet::ShardBytes>,
+        String,
+    > {
         let mut columns = self.file_columns();
         columns.extend(self.source.config.image_columns.iter().cloned());
-        file.read(row_group, rows, &columns, READ_BATCH_ROWS).map_err(|e| e.to_string())
+        file.read(row_group, rows, &columns, READ_BATCH_ROWS)
+            .map_err(|e| e.to_string())
     }
 
     /// The row ready for the CPU stage, or `None` when the filter drops it.
-    async fn fetch(&self, row: Result<RawRow, BadInput>, file: &ShardFile) -> Option<Result<Record, BadInput>> {
+    async fn fetch(
+        &self,
+        row: Result<RawRow, BadInput>,
+        file: &ShardFile,
+    ) -> Option<Result<Record, BadInput>> {
         let mut row = match row {
             Ok(row) => row,
             Err(bad) => return Some(Err(bad)),
@@ -172,6 +238,10 @@ impl Reader {
             }
         }
         row.fields = fields;
-        Some(self.fetcher.resolve(row, &self.source.image_root(file)).await)
+        Some(
+            self.fetcher
+                .resolve(row, &self.source.image_root(file))
+                .await,
+        )
     }
 }

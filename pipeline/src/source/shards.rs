@@ -38,7 +38,9 @@ pub async fn resolve(entries: &[String]) -> Result<Vec<Shard>, SourceError> {
     for entry in entries {
         let found = resolve_one(entry).await?;
         if found.is_empty() {
-            return Err(SourceError::NoShards { entry: entry.clone() });
+            return Err(SourceError::NoShards {
+                entry: entry.clone(),
+            });
         }
         for shard in found {
             shards.insert(shard.name.clone(), shard);
@@ -53,7 +55,9 @@ fn is_glob(s: &str) -> bool {
 
 async fn resolve_one(entry: &str) -> Result<Vec<Shard>, SourceError> {
     match Url::parse(entry) {
-        Ok(url) if url.scheme().len() > 1 && url.scheme() != "file" => resolve_url(entry, url).await,
+        Ok(url) if url.scheme().len() > 1 && url.scheme() != "file" => {
+            resolve_url(entry, url).await
+        }
         Ok(url) if url.scheme() == "file" => {
             let path = url.to_file_path().map_err(|_| SourceError::BadUrl {
                 entry: entry.to_string(),
@@ -72,7 +76,10 @@ fn resolve_local(entry: &str) -> Result<Vec<Shard>, SourceError> {
             entry: entry.to_string(),
             reason: e.to_string(),
         })?;
-        matches.filter_map(Result::ok).filter(|p| p.is_file()).collect()
+        matches
+            .filter_map(Result::ok)
+            .filter(|p| p.is_file())
+            .collect()
     } else {
         let path = std::path::PathBuf::from(entry);
         if path.is_dir() {
@@ -98,7 +105,12 @@ fn resolve_local(entry: &str) -> Result<Vec<Shard>, SourceError> {
                 entry: name.clone(),
                 reason: e.to_string(),
             })?;
-            Ok(Shard { store: store.clone(), path, name, size: meta.len() })
+            Ok(Shard {
+                store: store.clone(),
+                path,
+                name,
+                size: meta.len(),
+            })
         })
         .collect()
 }
@@ -106,7 +118,10 @@ fn resolve_local(entry: &str) -> Result<Vec<Shard>, SourceError> {
 /// The store for a URL's scheme and host; credentials and options come from the environment
 /// (`AWS_*`, `GOOGLE_*`, `AZURE_*`), as each cloud's own tools read them.
 pub fn store_for(url: &Url) -> Result<(Arc<dyn ObjectStore>, Path), SourceError> {
-    let bad = |reason: String| SourceError::BadUrl { entry: url.to_string(), reason };
+    let bad = |reason: String| SourceError::BadUrl {
+        entry: url.to_string(),
+        reason,
+    };
     match url.scheme() {
         "http" | "https" => {
             let base = &url[..url::Position::BeforePath];
@@ -114,7 +129,10 @@ pub fn store_for(url: &Url) -> Result<(Arc<dyn ObjectStore>, Path), SourceError>
                 .with_allow_http(url.scheme() == "http")
                 .with_connect_timeout(Duration::from_secs(10))
                 .with_timeout(Duration::from_secs(60));
-            let retry = RetryConfig { max_retries: 3, ..Default::default() };
+            let retry = RetryConfig {
+                max_retries: 3,
+                ..Default::default()
+            };
             let store = HttpBuilder::new()
                 .with_url(base)
                 .with_client_options(options)
@@ -141,7 +159,12 @@ async fn resolve_url(entry: &str, url: Url) -> Result<Vec<Shard>, SourceError> {
     };
     if !is_glob(url.path()) {
         let meta = store.head(&path).await.map_err(unreachable)?;
-        return Ok(vec![Shard { store, path, name: entry.to_string(), size: meta.size }]);
+        return Ok(vec![Shard {
+            store,
+            path,
+            name: entry.to_string(),
+            size: meta.size,
+        }]);
     }
     // List under the longest literal prefix, then match the pattern against each key.
     let pattern_text = path.as_ref();
@@ -149,9 +172,15 @@ async fn resolve_url(entry: &str, url: Url) -> Result<Vec<Shard>, SourceError> {
         entry: entry.to_string(),
         reason: e.to_string(),
     })?;
-    let literal = &pattern_text[..pattern_text.find(['*', '?', '[']).unwrap_or(pattern_text.len())];
+    let literal = &pattern_text[..pattern_text
+        .find(['*', '?', '['])
+        .unwrap_or(pattern_text.len())];
     let prefix = Path::from(literal.rsplit_once('/').map_or("", |(dir, _)| dir));
-    let listed: Vec<_> = store.list(Some(&prefix)).try_collect().await.map_err(unreachable)?;
+    let listed: Vec<_> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(unreachable)?;
     Ok(listed
         .into_iter()
         .filter(|meta| pattern.matches(meta.location.as_ref()))

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, ListArray, StringArray, StructArray,
+    ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, ListArray, StringArray,
+    StructArray,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType as ArrowType, Field as ArrowField, Fields, SchemaRef};
@@ -29,8 +30,10 @@ pub(crate) fn record_batch(
                     rows.iter().map(|r| r.images.get(&column.name)).collect();
                 image_column(&column.data_type, &cells)
             } else {
-                let values: Vec<&Value> =
-                    rows.iter().map(|r| r.fields.get(&column.name).unwrap_or(&Value::Null)).collect();
+                let values: Vec<&Value> = rows
+                    .iter()
+                    .map(|r| r.fields.get(&column.name).unwrap_or(&Value::Null))
+                    .collect();
                 data_array(&column.data_type, &values)
             }
         })
@@ -47,7 +50,9 @@ fn image_column(data_type: &DataType, cells: &[Option<&ImageCell>]) -> ArrayRef 
                 _ => None,
             })
             .collect();
-        list_array(item, &lists, |images| images_array(&images.into_iter().map(Some).collect::<Vec<_>>()))
+        list_array(item, &lists, |images| {
+            images_array(&images.into_iter().map(Some).collect::<Vec<_>>())
+        })
     } else {
         let images: Vec<Option<&ImageValue>> = cells
             .iter()
@@ -65,7 +70,11 @@ fn images_array(images: &[Option<&ImageValue>]) -> ArrayRef {
     let paths = StringArray::from_iter(images.iter().map(|i| i.and_then(|i| i.path.as_deref())));
     let children: Vec<ArrayRef> = vec![Arc::new(bytes), Arc::new(paths)];
     let valid = nulls(images.iter().map(Option::is_some));
-    Arc::new(StructArray::new(struct_fields(&DataType::Image), children, valid))
+    Arc::new(StructArray::new(
+        struct_fields(&DataType::Image),
+        children,
+        valid,
+    ))
 }
 
 fn data_array(data_type: &DataType, values: &[&Value]) -> ArrayRef {
@@ -75,16 +84,20 @@ fn data_array(data_type: &DataType, values: &[&Value]) -> ArrayRef {
         DataType::Float64 => Arc::new(Float64Array::from_iter(values.iter().map(|v| v.as_f64()))),
         DataType::Bool => Arc::new(BooleanArray::from_iter(values.iter().map(|v| v.as_bool()))),
         DataType::List(item) => {
-            let lists: Vec<Option<&[Value]>> =
-                values.iter().map(|v| v.as_array().map(Vec::as_slice)).collect();
+            let lists: Vec<Option<&[Value]>> = values
+                .iter()
+                .map(|v| v.as_array().map(Vec::as_slice))
+                .collect();
             list_array(item, &lists, |items| data_array(item, &items))
         }
         DataType::Struct(fields) => {
             let children = fields
                 .iter()
                 .map(|f| {
-                    let members: Vec<&Value> =
-                        values.iter().map(|v| v.get(&f.name).unwrap_or(&Value::Null)).collect();
+                    let members: Vec<&Value> = values
+                        .iter()
+                        .map(|v| v.get(&f.name).unwrap_or(&Value::Null))
+                        .collect();
                     data_array(&f.data_type, &members)
                 })
                 .collect();
@@ -110,7 +123,12 @@ fn list_array<'a, T>(
     }
     let field = Arc::new(ArrowField::new("element", item.to_arrow(), true));
     let valid = nulls(lists.iter().map(Option::is_some));
-    Arc::new(ListArray::new(field, OffsetBuffer::new(offsets.into()), items_array(items), valid))
+    Arc::new(ListArray::new(
+        field,
+        OffsetBuffer::new(offsets.into()),
+        items_array(items),
+        valid,
+    ))
 }
 
 /// A validity buffer, or none when every slot is valid (the cheaper form for Arrow).

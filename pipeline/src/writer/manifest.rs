@@ -71,7 +71,10 @@ impl Manifest {
         let path = Self::path(dir);
         let text = fs::read_to_string(&path).map_err(|e| WriterError::io(&path, e))?;
         let manifest: Manifest =
-            serde_json::from_str(&text).map_err(|source| WriterError::Json { path: path.clone(), source })?;
+            serde_json::from_str(&text).map_err(|source| WriterError::Json {
+                path: path.clone(),
+                source,
+            })?;
         if manifest.format != MANIFEST_FORMAT {
             return Err(WriterError::Manifest(format!(
                 "{}: format {:?}, expected {MANIFEST_FORMAT:?}",
@@ -84,7 +87,9 @@ impl Manifest {
 
     /// The shard files of a split, in order.
     pub fn shard_paths(&self, dir: &Path, split: &str) -> Vec<PathBuf> {
-        self.splits.get(split).map_or_else(Vec::new, |s| s.shards.iter().map(|f| dir.join(&f.file)).collect())
+        self.splits.get(split).map_or_else(Vec::new, |s| {
+            s.shards.iter().map(|f| dir.join(&f.file)).collect()
+        })
     }
 
     /// Checks every listed shard against its size and checksum; the error lists each mismatch.
@@ -103,23 +108,36 @@ impl Manifest {
         }
         match problems.is_empty() {
             true => Ok(()),
-            false => Err(WriterError::Manifest(format!("{}: {}", dir.display(), problems.join("; ")))),
+            false => Err(WriterError::Manifest(format!(
+                "{}: {}",
+                dir.display(),
+                problems.join("; ")
+            ))),
         }
     }
 
     /// Reads the folder's manifest (an empty one if there is none), applies `change`, and
     /// replaces the file atomically; a manifest left without splits is removed.
-    pub(crate) fn update(dir: &Path, change: impl FnOnce(&mut Manifest)) -> Result<Manifest, WriterError> {
+    pub(crate) fn update(
+        dir: &Path,
+        change: impl FnOnce(&mut Manifest),
+    ) -> Result<Manifest, WriterError> {
         let path = Self::path(dir);
         let mut manifest = match path.exists() {
             true => Self::read(dir)?,
-            false => Manifest { format: MANIFEST_FORMAT.into(), total_rows: 0, splits: BTreeMap::new() },
+            false => Manifest {
+                format: MANIFEST_FORMAT.into(),
+                total_rows: 0,
+                splits: BTreeMap::new(),
+            },
         };
         change(&mut manifest);
         manifest.total_rows = manifest.splits.values().map(|s| s.rows).sum();
         if manifest.splits.is_empty() {
             match fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(WriterError::io(&path, e)),
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(WriterError::io(&path, e));
+                }
                 _ => return Ok(manifest),
             }
         }
@@ -127,7 +145,8 @@ impl Manifest {
         let mut text = serde_json::to_string_pretty(&manifest).expect("a manifest serialises");
         text.push('\n');
         let mut file = File::create(&tmp).map_err(|e| WriterError::io(&tmp, e))?;
-        file.write_all(text.as_bytes()).map_err(|e| WriterError::io(&tmp, e))?;
+        file.write_all(text.as_bytes())
+            .map_err(|e| WriterError::io(&tmp, e))?;
         publish(&file, &tmp, &path)?;
         Ok(manifest)
     }

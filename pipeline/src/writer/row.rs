@@ -16,15 +16,24 @@ pub struct ImageValue {
 
 impl ImageValue {
     pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
-        Self { bytes: Some(bytes.into()), path: None }
+        Self {
+            bytes: Some(bytes.into()),
+            path: None,
+        }
     }
 
     pub fn from_path(path: impl Into<String>) -> Self {
-        Self { bytes: None, path: Some(path.into()) }
+        Self {
+            bytes: None,
+            path: Some(path.into()),
+        }
     }
 
     pub fn with_path(self, path: impl Into<String>) -> Self {
-        Self { path: Some(path.into()), ..self }
+        Self {
+            path: Some(path.into()),
+            ..self
+        }
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -33,7 +33,12 @@ impl DataType {
 
     /// A struct of required fields, e.g. a detection box.
     pub fn struct_of<'a>(fields: impl IntoIterator<Item = (&'a str, DataType)>) -> Self {
-        DataType::Struct(fields.into_iter().map(|(name, data_type)| Field::new(name, data_type)).collect())
+        DataType::Struct(
+            fields
+                .into_iter()
+                .map(|(name, data_type)| Field::new(name, data_type))
+                .collect(),
+        )
     }
 
     fn contains_image(&self) -> bool {
@@ -60,7 +65,10 @@ impl DataType {
                 ArrowType::List(Arc::new(ArrowField::new("element", item.to_arrow(), true)))
             }
             DataType::Struct(fields) => ArrowType::Struct(
-                fields.iter().map(|f| ArrowField::new(&f.name, f.data_type.to_arrow(), true)).collect(),
+                fields
+                    .iter()
+                    .map(|f| ArrowField::new(&f.name, f.data_type.to_arrow(), true))
+                    .collect(),
             ),
         }
     }
@@ -76,9 +84,12 @@ impl DataType {
             DataType::Bool => value("bool"),
             // A one-item JSON list is the list form every `datasets` version reads (2.x to 5.x).
             DataType::List(item) => json!([item.hf_feature()]),
-            DataType::Struct(fields) => {
-                Value::Object(fields.iter().map(|f| (f.name.clone(), f.data_type.hf_feature())).collect())
-            }
+            DataType::Struct(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|f| (f.name.clone(), f.data_type.hf_feature()))
+                    .collect(),
+            ),
         }
     }
 
@@ -107,11 +118,18 @@ pub struct Field {
 
 impl Field {
     pub fn new(name: impl Into<String>, data_type: DataType) -> Self {
-        Self { name: name.into(), data_type, nullable: false }
+        Self {
+            name: name.into(),
+            data_type,
+            nullable: false,
+        }
     }
 
     pub fn nullable(self) -> Self {
-        Self { nullable: true, ..self }
+        Self {
+            nullable: true,
+            ..self
+        }
     }
 }
 
@@ -176,12 +194,21 @@ impl Schema {
 
     /// The Arrow schema of the shards, with the `huggingface` metadata `datasets` reads.
     pub fn to_arrow(&self) -> ArrowSchema {
-        let fields: Vec<ArrowField> =
-            self.columns.iter().map(|c| ArrowField::new(&c.name, c.data_type.to_arrow(), true)).collect();
-        let features: serde_json::Map<String, Value> =
-            self.columns.iter().map(|c| (c.name.clone(), c.data_type.hf_feature())).collect();
+        let fields: Vec<ArrowField> = self
+            .columns
+            .iter()
+            .map(|c| ArrowField::new(&c.name, c.data_type.to_arrow(), true))
+            .collect();
+        let features: serde_json::Map<String, Value> = self
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.data_type.hf_feature()))
+            .collect();
         let metadata = json!({"info": {"features": features}}).to_string();
-        ArrowSchema::new_with_metadata(fields, HashMap::from([("huggingface".to_string(), metadata)]))
+        ArrowSchema::new_with_metadata(
+            fields,
+            HashMap::from([("huggingface".to_string(), metadata)]),
+        )
     }
 
     /// Whether `row` fits: every value of the declared type, no unknown column, no missing or
@@ -190,7 +217,10 @@ impl Schema {
         for name in row.fields.keys().chain(row.images.keys()) {
             if self.get(name).is_none() {
                 let message = format!("{name}: not a column of the schema");
-                return Err(RowMismatch { column: name.clone(), message });
+                return Err(RowMismatch {
+                    column: name.clone(),
+                    message,
+                });
             }
         }
         for column in &self.columns {
@@ -199,7 +229,9 @@ impl Schema {
             let image = row.images.get(name);
             let result = if is_image_column(&column.data_type) {
                 match (value, image) {
-                    (Some(_), _) => Err(format!("{name}: an image column takes images, not values")),
+                    (Some(_), _) => {
+                        Err(format!("{name}: an image column takes images, not values"))
+                    }
                     (None, None) if column.nullable => Ok(()),
                     (None, None) => Err(format!("{name}: missing image")),
                     (None, Some(cell)) => check_images(&column.data_type, cell, name),
@@ -212,7 +244,10 @@ impl Schema {
                     (Some(value), None) => check_value(&column.data_type, value, name),
                 }
             };
-            result.map_err(|message| RowMismatch { column: name.clone(), message })?;
+            result.map_err(|message| RowMismatch {
+                column: name.clone(),
+                message,
+            })?;
         }
         Ok(())
     }
@@ -252,16 +287,20 @@ fn validate_fields(fields: &[Field], parent: &str) -> Result<(), String> {
 }
 
 fn check_images(data_type: &DataType, cell: &ImageCell, path: &str) -> Result<(), String> {
-    let check = |image: &ImageValue, path: &str| match image.bytes.is_none() && image.path.is_none() {
+    let check = |image: &ImageValue, path: &str| match image.bytes.is_none() && image.path.is_none()
+    {
         true => Err(format!("{path}: an image needs bytes or a path")),
         false => Ok(()),
     };
     match (data_type, cell) {
         (DataType::Image, ImageCell::Single(image)) => check(image, path),
-        (DataType::List(_), ImageCell::List(images)) => {
-            images.iter().enumerate().try_for_each(|(i, image)| check(image, &format!("{path}[{i}]")))
+        (DataType::List(_), ImageCell::List(images)) => images
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, image)| check(image, &format!("{path}[{i}]"))),
+        (DataType::Image, ImageCell::List(_)) => {
+            Err(format!("{path}: expected one image, got a list"))
         }
-        (DataType::Image, ImageCell::List(_)) => Err(format!("{path}: expected one image, got a list")),
         _ => Err(format!("{path}: expected a list of images, got one image")),
     }
 }
@@ -301,7 +340,15 @@ fn check_value(data_type: &DataType, value: &Value, path: &str) -> Result<(), St
         }
         _ => false,
     };
-    if ok { Ok(()) } else { Err(format!("{path}: expected {}, got {}", data_type.name(), describe(value))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{path}: expected {}, got {}",
+            data_type.name(),
+            describe(value)
+        ))
+    }
 }
 
 fn describe(value: &Value) -> String {

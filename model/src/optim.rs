@@ -91,12 +91,13 @@ fn write_buffer(buf: &mut <Dev as Storage<f32>>::Vec, data: &[f32]) {
 }
 
 /// The values of `t`'s entry in `g` (allocated as zeros if absent).
-fn read_entry<S: Shape>(g: &mut Gradients, t: &Tensor<S, f32, Dev>) -> Vec<f32> {
+pub(crate) fn read_entry<S: Shape>(g: &mut Gradients, t: &Tensor<S, f32, Dev>) -> Vec<f32> {
     g.get_or_alloc_mut(t).expect("alloc");
     g.get(t).as_vec()
 }
 
-fn write_entry<S: Shape>(g: &mut Gradients, t: &Tensor<S, f32, Dev>, data: &[f32]) {
+/// Overwrites `t`'s entry in `g` with host values.
+pub(crate) fn write_entry<S: Shape>(g: &mut Gradients, t: &Tensor<S, f32, Dev>, data: &[f32]) {
     write_buffer(g.get_or_alloc_mut(t).expect("alloc"), data);
 }
 

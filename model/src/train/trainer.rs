@@ -31,7 +31,7 @@ use crate::config::PaliGemmaConfig;
 use crate::input::ModelInput;
 use crate::layers::{ParamRef, Params};
 use crate::loss::LossOptions;
-use crate::optim::{clip_grad_norm, grad_norm};
+use crate::optim::{clip_grad_norm, grad_norm, read_entry, write_entry};
 use crate::{Dev, Gradients, PaliGemma};
 
 /// How this process trains (the spec says what; these say how).
@@ -222,24 +222,6 @@ pub fn set_resolution(model: &mut PaliGemma, image_size: usize) -> Result<()> {
     Ok(())
 }
 
-/// Overwrites a gradient buffer with host values.
-fn write_grad<S: Shape>(grads: &mut Gradients, t: &Tensor<S, f32, Dev>, data: &[f32]) {
-    let buf = grads.get_or_alloc_mut(t).expect("alloc gradient");
-    #[cfg(not(feature = "cuda"))]
-    buf.copy_from_slice(data);
-    #[cfg(feature = "cuda")]
-    {
-        let dev = buf.device();
-        dev.htod_sync_copy_into(data, &mut **buf)
-            .expect("copy to the GPU");
-    }
-}
-
-fn read_grad<S: Shape>(grads: &mut Gradients, t: &Tensor<S, f32, Dev>) -> Vec<f32> {
-    grads.get_or_alloc_mut(t).expect("alloc gradient");
-    grads.get(t).as_vec()
-}
-
 /// `acc += scale * part` for every parameter of `model`.
 fn accumulate(model: &PaliGemma, acc: &mut Gradients, part: &mut Gradients, scale: f32) {
     fn one<S: Shape>(
@@ -248,12 +230,12 @@ fn accumulate(model: &PaliGemma, acc: &mut Gradients, part: &mut Gradients, scal
         t: &Tensor<S, f32, Dev>,
         scale: f32,
     ) {
-        let add = read_grad(part, t);
-        let mut sum = read_grad(acc, t);
+        let add = read_entry(part, t);
+        let mut sum = read_entry(acc, t);
         for (s, a) in sum.iter_mut().zip(&add) {
             *s += scale * a;
         }
-        write_grad(acc, t, &sum);
+        write_entry(acc, t, &sum);
     }
     model.visit("", &mut |_, p| match p {
         ParamRef::Matrix(t) => one(acc, part, t, scale),

@@ -1,11 +1,13 @@
 //! The command tree.
 
+mod client;
 mod data;
 mod mixture;
 mod model;
 mod pipeline;
 mod progress;
 mod quickstart;
+mod serve;
 mod train;
 
 use std::process::ExitCode;
@@ -47,11 +49,25 @@ enum Command {
     Model(model::Command),
     /// Generate text for images and a prompt with a Hugging Face PaliGemma folder.
     Predict(model::PredictArgs),
+    /// Run the service: HTTP API, web page and job pool.
+    Serve(serve::ServeArgs),
+    /// Submit a spec to the service as a training run.
+    Submit(client::SubmitArgs),
+    /// List the service's runs.
+    Runs(client::ListArgs),
+    /// Follow a run's progress live.
+    Watch(client::RunArgs),
+    /// Stop a run gracefully (it checkpoints first).
+    Stop(client::RunArgs),
+    /// Resume a stopped or failed run from its newest checkpoint.
+    Resume(client::RunArgs),
+    /// Append stages to a run (continuous pretraining).
+    Stages(client::StagesArgs),
 }
 
 pub fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn,paliforge=info,pipeline=info",
+        0 => "warn,paliforge=info,pipeline=info,service=info",
         1 => "debug",
         _ => "trace",
     };
@@ -73,5 +89,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mixture(command) => mixture::run(command),
         Command::Model(command) => model::run(command).map(|()| ExitCode::SUCCESS),
         Command::Predict(args) => model::predict(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => serve::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Submit(args) => client::submit(args).map(|()| ExitCode::SUCCESS),
+        Command::Runs(args) => client::runs(args).map(|()| ExitCode::SUCCESS),
+        Command::Watch(args) => client::watch(args).map(|()| ExitCode::SUCCESS),
+        Command::Stop(args) => client::stop(args).map(|()| ExitCode::SUCCESS),
+        Command::Resume(args) => client::resume(args).map(|()| ExitCode::SUCCESS),
+        Command::Stages(args) => client::stages(args).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -1,0 +1,69 @@
+//! The bodies clients send: the server reads them, the HTTP client writes them.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::TrainOptions;
+
+/// `POST /v1/runs`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A stored mixture's id...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixture: Option<i64>,
+    /// ...or a spec inline: TOML or JSON text, or a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SpecInput>,
+    /// The folder relative data paths of an inline spec are relative to (default: the first
+    /// data root); the paths must stay inside the data roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<PathBuf>,
+    #[serde(default)]
+    pub start: StartRequest,
+    #[serde(default)]
+    pub options: TrainOptions,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SpecInput {
+    Text(String),
+    Object(serde_json::Value),
+}
+
+impl SpecInput {
+    pub fn into_text(self) -> String {
+        match self {
+            SpecInput::Text(text) => text,
+            SpecInput::Object(value) => value.to_string(),
+        }
+    }
+}
+
+/// Where a new run's weights come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum StartRequest {
+    /// A random model of a preset: `tiny`, `small`, `paligemma-3b-pt-224`, ...
+    Fresh { config: String },
+    /// A Hugging Face PaliGemma folder inside the data roots.
+    Init { dir: PathBuf },
+    /// Another run's checkpoint: the newest, or the one at `step`.
+    Checkpoint {
+        run: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<u64>,
+    },
+}
+
+impl Default for StartRequest {
+    fn default() -> Self {
+        StartRequest::Fresh {
+            config: "small".into(),
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! `paliforge serve` as a user runs it: the real binary on a loopback port, driven over HTTP
+//! with the service's client and the CLI; tiny demo data and a tiny model, so every run takes
+//! seconds.
+
+mod service_support;
+
+use service::client::ClientError;
+use service::events::Event;
+use service::requests::{RunRequest, SpecInput, StartRequest};
+use service::store::{Status, TrainOptions};
+use service_support::{Fixture, Serve, paliforge};
+
+#[test]
+fn runs_a_spec_to_completion_with_its_events_checkpoints_and_metrics() {
+    let fx = Fixture::new(24, 16);
+    let serve = Serve::start(&fx, &[]);
+    let run = fx.submit(&serve, TrainOptions::default());
+    assert_eq!(run.run.total_steps, 10);
+    assert_eq!(run.stages.len(), 2);
+
+    let mut steps = Vec::new();
+    let mut stages = Vec::new();
+    for event in serve.client.events(run.run.id).unwrap() {
+        match event.unwrap() {
+            Event::Step { event, .. } => steps.push(event.step),
+            Event::Stage { name, step, .. } => stages.push((name, step)),
+            Event::Status { status, error, .. } => {
+                assert_ne!(status, Status::Failed, "{error:?}");
+                if status.is_settled() {
+                    assert_eq!(status, Status::Finished);
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        steps,
+        (1..=10).collect::<Vec<_>>(),
+        "every step once, in order"
+    );
+    assert_eq!(stages, [("a".to_string(), 1), ("b".to_string(), 7)]);
+    assert_eq!(
+        fx.metric_steps(&serve, run.run.id),
+        (1..=10).collect::<Vec<_>>()
+    );
+
+    let done = serve.client.run(run.run.id).unwrap();
+    assert_eq!(done.run.status, Status::Finished);
+    assert_eq!(done.run.last.as_ref().map(|e| e.step), Some(10));
+
+    // A late watcher gets the whole history, then the status.
+    let replay: Vec<Event> = serve
+        .client
+        .events(run.run.id)
+        .unwrap()
+        .take_while(|e| !matches!(e, Ok(Event::Status { .. })))
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(replay.iter().filter(|e| e.kind() == "step").count(), 10);
+
+    let checkpoints = serve.client.checkpoints(run.run.id).unwrap();
+    let last = checkpoints.last().expect("a final checkpoint");
+    assert_eq!(last.step, 10);
+    assert!(last.files.iter().any(|f| f.name == "model.safetensors"));
+    let config: serde_json::Value = serve
+        .client
+        .get(&format!(
+            "/v1/runs/{}/checkpoints/{}/config.json",
+            run.run.id, last.name
+        ))
+        .unwrap();
+    assert!(config.is_object());
+
+    let metrics = serve.text("/metrics");
+    assert!(
+        metrics.contains("paliforge_runs{status=\"finished\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "paliforge_run_step{{run=\"{}\",name=\"tiny\"}} 10",
+        run.run.id
+    )));
+    let openapi: serde_json::Value = serve.client.get("/openapi.json").unwrap();
+    assert!(openapi["paths"]["/v1/runs/{id}/events"].is_object());
+
+    let out = paliforge(&["runs", "--server", serve.client.base(), "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["status"], "finished");
+    let table =
+        String::from_utf8(paliforge(&["runs", "--server", serve.client.base()]).stdout).unwrap();
+    assert!(
+        table.contains("finished") && table.contains("10/10"),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_stopped_run_resumes_without_losing_or_repeating_a_step() {
+    let fx = Fixture::new(240, 160);
+    let serve = Serve::start(&fx, &[]);
+    let run = fx.submit(&serve, TrainOptions::default());
+    let id = run.run.id.to_string();
+    serve.wait(run.run.id, |r| r.last.as_ref().is_some_and(|e| e.step >= 3));
+    let server = serve.client.base().to_string();
+    paliforge(&["stop", &id, "--server", &server]);
+    let stopped = serve.wait(run.run.id, |r| r.status.is_settled());
+    assert_eq!(stopped.status, Status::Stopped);
+    let at = stopped.last.as_ref().unwrap().step;
+    assert!(at < 100, "stopped at step {at}, before the end");
+    assert_eq!(
+        serve
+            .client
+            .checkpoints(run.run.id)
+            .unwrap()
+            .last()
+            .unwrap()
+            .step,
+        at,
+        "stopping checkpoints the last step"
+    );
+    assert_eq!(
+        fx.metric_steps(&serve, run.run.id),
+        (1..=at).collect::<Vec<_>>()
+    );
+
+    // Stopping again is a conflict; resuming continues; a watcher sees it finish.
+    let again = serve.client.stop(run.run.id).unwrap_err();
+    assert!(
+        matches!(again, ClientError::Api { status: 409, .. }),
+        "{again}"
+    );
+    paliforge(&["resume", &id, "--server", &server]);
+    paliforge(&["watch", &id, "--server", &server]);
+    let done = serve.client.run(run.run.id).unwrap();
+    assert_eq!(done.run.status, Status::Finished);
+    assert_eq!(
+        fx.metric_steps(&serve, run.run.id),
+        (1..=100).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_killed_service_resumes_its_run_from_the_last_checkpoint_after_restart() {
+    let fx = Fixture::new(240, 160);
+    let mut serve = Serve::start(&fx, &[]);
+    let run = fx.submit(
+        &serve,
+        TrainOptions {
+            checkpoint_every: 4,
+            ..TrainOptions::default()
+        },
+    );
+    serve.wait(run.run.id, |r| r.last.as_ref().is_some_and(|e| e.step >= 6));
+
+    // One service per data directory.
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_paliforge"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(fx.data_dir())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another paliforge service"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    serve.kill();
+    let killed_at = serve_steps_on_disk(&fx, run.run.id);
+    assert!(killed_at < 100, "killed mid-run, at step {killed_at}");
+
+    let serve = Serve::start(&fx, &[]);
+    let done = serve.wait(run.run.id, |r| r.status.is_settled());
+    assert_eq!(done.status, Status::Finished, "{:?}", done.error);
+    assert_eq!(
+        fx.metric_steps(&serve, run.run.id),
+        (1..=100).collect::<Vec<_>>(),
+        "every step exactly once"
+    );
+}
+
+fn serve_steps_on_disk(fx: &Fixture, id: i64) -> u64 {
+    fx.metric_steps_in(&fx.data_dir().join("runs").join(id.to_string()))
+        .last()
+        .copied()
+        .unwrap_or(0)
+}
+
+#[test]
+fn appended_stages_continue_a_finished_run() {
+    let fx = Fixture::new(24, 16);
+    let serve = Serve::start(&fx, &[]);
+    let run = fx.submit(&serve, TrainOptions::default());
+    serve.wait(run.run.id, |r| r.status == Status::Finished);
+    let more = r#"
+        [[stages]]
+        name = "c"
+        resolution = 42
+        text_len = 48
+        batch_size = 4
+        budget = { examples = 12 }
+        weights = { caption = 1 }
+    "#;
+    let extended = serve.client.append_stages(run.run.id, more).unwrap();
+    assert_eq!(extended.run.total_steps, 13);
+    assert_eq!(extended.stages.len(), 3);
+    let done = serve.wait(run.run.id, |r| {
+        r.status == Status::Finished && r.total_steps == 13
+    });
+    assert_eq!(done.last.as_ref().map(|e| e.stage_name.as_str()), Some("c"));
+    assert_eq!(
+        fx.metric_steps(&serve, run.run.id),
+        (1..=13).collect::<Vec<_>>()
+    );
+    // A stage that names an unknown task is refused with its key.
+    let bad = serve
+        .client
+        .append_stages(
+            run.run.id,
+            "[[stages]]\nname = \"d\"\nbudget = { examples = 4 }\nweights = { ocr = 1 }\n",
+        )
+        .unwrap_err();
+    match bad {
+        ClientError::Api {
+            status, problems, ..
+        } => {
+            assert_eq!(status, 422);
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.key.as_deref() == Some("stages[3].weights.ocr"))
+            );
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn bad_specs_unknown_ids_big_bodies_and_tokens_are_refused() {
+    let fx = Fixture::new(24, 16);
+    let serve = Serve::start(&fx, &["--max-body-mib", "1", "--token", "s3cret"]);
+
+    // Every problem, each with its key; paths outside the roots are not read.
+    let bad = "[sources.x]\ndata = \"../../etc/*.parquet\"\n[tasks.t]\nsource = \"y\"\nprefix = \"a\"\nsuffix = \"b\"\n[[stages]]\nname = \"s\"\nresolution = 30\nbudget = { examples = 0 }\nweights = { zz = 1 }\n";
+    let error = serve.client.create_mixture("bad", bad).unwrap_err();
+    let ClientError::Api {
+        status, problems, ..
+    } = error
+    else {
+        panic!("{error}")
+    };
+    assert_eq!(status, 422);
+    let keys: Vec<_> = problems.iter().filter_map(|p| p.key.clone()).collect();
+    for key in [
+        "sources.x.data[0]",
+        "tasks.t.source",
+        "stages[0].resolution",
+        "stages[0].weights.zz",
+        "stages[0].budget.examples",
+    ] {
+        assert!(keys.iter().any(|k| k == key), "{key} in {keys:?}");
+    }
+    let absolute = "[sources.x]\ndata = \"/etc/*.parquet\"\n[tasks.t]\nsource = \"x\"\nprefix = \"a\"\nsuffix = \"b\"\n[[stages]]\nname = \"s\"\nbudget = { examples = 4 }\nweights = { t = 1 }\n".to_string();
+    let error = serve
+        .client
+        .submit(&RunRequest {
+            spec: Some(SpecInput::Text(absolute)),
+            ..RunRequest::default()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&error, ClientError::Api { status: 422, problems, .. } if problems[0].message.contains("outside the data roots")),
+        "{error}"
+    );
+
+    // A good spec is stored with a version per name.
+    let spec = std::fs::read_to_string(fx.spec())
+        .unwrap()
+        .replace("demo/", &format!("{}/demo/", fx.root().display()));
+    assert_eq!(
+        serve
+            .client
+            .create_mixture("m", &spec)
+            .unwrap()
+            .mixture
+            .version,
+        1
+    );
+    let second = serve.client.create_mixture("m", &spec).unwrap();
+    assert_eq!(second.mixture.version, 2);
+    assert_eq!(second.stages[0].weights.len(), 2);
+
+    for path in [
+        "/v1/runs/42",
+        "/v1/runs/nope",
+        "/v1/runs/42/checkpoints",
+        "/v1/runs/42/events",
+        "/v1/mixtures/42",
+        "/v1/elsewhere",
+    ] {
+        let error = serve.client.get::<serde_json::Value>(path).unwrap_err();
+        assert!(
+            matches!(error, ClientError::Api { status: 404, .. }),
+            "{path}: {error}"
+        );
+    }
+    assert!(matches!(
+        serve.client.stop(42).unwrap_err(),
+        ClientError::Api { status: 404, .. }
+    ));
+    let error = serve
+        .client
+        .submit(&RunRequest {
+            mixture: Some(second.mixture.id),
+            start: StartRequest::Checkpoint {
+                run: 42,
+                step: None,
+            },
+            ..RunRequest::default()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(error, ClientError::Api { status: 422, .. }),
+        "{error}"
+    );
+
+    let big = "#".repeat(2 << 20);
+    let error = serve.client.create_mixture("big", &big).unwrap_err();
+    assert!(
+        matches!(error, ClientError::Api { status: 413, .. }),
+        "{error}"
+    );
+
+    // The token: required of the API, not of the page.
+    let anonymous = service::client::Client::new(serve.client.base(), None).unwrap();
+    let error = anonymous.runs().unwrap_err();
+    assert!(
+        matches!(error, ClientError::Api { status: 401, .. }),
+        "{error}"
+    );
+    let page = reqwest::blocking::get(serve.client.base()).unwrap();
+    assert!(page.status().is_success());
+
+    // No token, no network: a non-loopback bind is refused at start-up.
+    let open = std::process::Command::new(env!("CARGO_BIN_EXE_paliforge"))
+        .args(["serve", "--addr", "0.0.0.0:0", "--data-dir"])
+        .arg(fx.root().join("other"))
+        .env_remove("PALIFORGE_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!open.status.success());
+    let stderr = String::from_utf8_lossy(&open.stderr);
+    assert!(stderr.contains("without a token"), "{stderr}");
+}

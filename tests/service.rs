@@ -5,6 +5,7 @@
 mod service_support;
 
 use service::client::ClientError;
+use service::datasets::DatasetRequest;
 use service::events::Event;
 use service::requests::{RunRequest, SpecInput, StartRequest};
 use service::store::{Status, TrainOptions};
@@ -351,4 +352,116 @@ fn bad_specs_unknown_ids_big_bodies_and_tokens_are_refused() {
     assert!(!open.status.success());
     let stderr = String::from_utf8_lossy(&open.stderr);
     assert!(stderr.contains("without a token"), "{stderr}");
+}
+
+#[test]
+fn preparation_jobs_make_datasets_that_runs_train_on() {
+    let fx = Fixture::new(24, 16);
+    let serve = Serve::start(&fx, &[]);
+    let request =
+        |json: serde_json::Value| -> DatasetRequest { serde_json::from_value(json).unwrap() };
+    let demo = serve
+        .client
+        .prepare(&request(serde_json::json!({
+            "name": "shapes",
+            "input": { "kind": "demo", "rows": 40, "pair_rows": 10, "image_size": 56 }
+        })))
+        .unwrap();
+    let demo = wait_dataset(&serve, demo.id);
+    assert_eq!(demo.status, Status::Finished, "{:?}", demo.error);
+    let manifest: serde_json::Value = serve
+        .client
+        .get(&format!("/v1/datasets/{}/manifest", demo.id))
+        .unwrap();
+    assert!(manifest["scenes"].is_object(), "{manifest}");
+
+    // Re-encode its scenes smaller, as `paliforge prepare --parquet` does.
+    let scenes = demo.dir.join("scenes/train-*.parquet");
+    let smaller = serve
+        .client
+        .prepare(&request(serde_json::json!({
+            "name": "small-shapes",
+            "input": { "kind": "parquet", "data": [scenes.display().to_string()] },
+            "options": { "max_side": 32, "rows_per_shard": 25 }
+        })))
+        .unwrap();
+    let smaller = wait_dataset(&serve, smaller.id);
+    assert_eq!(smaller.status, Status::Finished, "{:?}", smaller.error);
+    assert_eq!(smaller.done, 40);
+    assert!(smaller.dir.join("manifest.json").is_file());
+
+    // A spec's relative paths are relative to the data directory: the prepared data trains.
+    let spec = std::fs::read_to_string(fx.spec())
+        .unwrap()
+        .replace("demo/scenes", "datasets/shapes/scenes");
+    let run = serve
+        .client
+        .submit(&RunRequest {
+            spec: Some(SpecInput::Text(spec)),
+            start: StartRequest::Fresh {
+                config: "tiny".into(),
+            },
+            ..RunRequest::default()
+        })
+        .unwrap();
+    let done = serve.wait(run.run.id, |r| r.status.is_settled());
+    assert_eq!(done.status, Status::Finished, "{:?}", done.error);
+
+    // Names are used once and must be plain; inputs stay inside the data roots.
+    for (json, status) in [
+        (
+            serde_json::json!({"name": "shapes", "input": {"kind": "demo"}}),
+            409,
+        ),
+        (
+            serde_json::json!({"name": "../up", "input": {"kind": "demo"}}),
+            422,
+        ),
+        (
+            serde_json::json!({"name": "etc", "input": {"kind": "parquet", "data": ["/etc/*.parquet"]}}),
+            422,
+        ),
+    ] {
+        let error = serve.client.prepare(&request(json)).unwrap_err();
+        assert!(
+            matches!(error, ClientError::Api { status: s, .. } if s == status),
+            "{error}"
+        );
+    }
+    // The same from the command line.
+    let server = serve.client.base().to_string();
+    let out = paliforge(&[
+        "submit-data",
+        "cli-demo",
+        "--demo",
+        "--rows",
+        "20",
+        "--pair-rows",
+        "5",
+        "--server",
+        &server,
+        "--json",
+    ]);
+    let queued: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let job = wait_dataset(&serve, queued["id"].as_i64().unwrap());
+    assert_eq!(job.status, Status::Finished, "{:?}", job.error);
+    let out = paliforge(&["datasets", "--server", &server]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(table.matches("finished").count(), 3, "{table}");
+}
+
+fn wait_dataset(serve: &Serve, id: i64) -> service::store::DatasetRecord {
+    let started = std::time::Instant::now();
+    loop {
+        let job = serve.client.dataset(id).unwrap();
+        if job.status.is_settled() {
+            return job;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "{job:?}\n{}",
+            serve.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

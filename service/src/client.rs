@@ -12,6 +12,7 @@ use crate::api::{CheckpointView, MixtureView, RunView};
 use crate::error::{ErrorBody, Problem};
 use crate::events::Event;
 use crate::requests::RunRequest;
+use crate::store::DatasetRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -183,6 +184,24 @@ impl Client {
         };
         let path = format!("/v1/mixtures?name={}", url_escape(name));
         self.call(Method::POST, &path, Some((text.to_string(), content_type)))
+    }
+
+    /// Queues a preparation job.
+    pub fn prepare(&self, request: &crate::datasets::DatasetRequest) -> Result<DatasetRecord> {
+        let body = serde_json::to_string(request).expect("a request always serialises");
+        self.call(
+            Method::POST,
+            "/v1/datasets",
+            Some((body, "application/json")),
+        )
+    }
+
+    pub fn datasets(&self) -> Result<Vec<DatasetRecord>> {
+        self.get("/v1/datasets")
+    }
+
+    pub fn dataset(&self, id: i64) -> Result<DatasetRecord> {
+        self.get(&format!("/v1/datasets/{id}"))
     }
 
     /// A run's events: its past steps, its status, then live ones, as they arrive.

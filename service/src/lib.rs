@@ -5,12 +5,14 @@
 //! One concept per file:
 //! - [`server`]: start-up (bind, data directory lock, restart of interrupted jobs) and shutdown.
 //! - [`api`]: the routes; [`requests`]: the bodies clients send.
-//! - [`store`]: SQLite; [`jobs`]: the training pool; [`events`]: the event stream.
+//! - [`store`]: SQLite; [`jobs`]: the training pool; [`datasets`]: preparation jobs;
+//!   [`events`]: the event stream.
 //! - [`specs`]: submitted specs parsed, confined ([`roots`]) and validated.
 //! - [`client`]: the HTTP client.
 
 pub mod api;
 pub mod client;
+pub mod datasets;
 pub mod error;
 pub mod events;
 pub mod jobs;
@@ -33,6 +35,7 @@ pub struct Service {
     pub store: Arc<store::Store>,
     pub hub: events::Hub,
     pub runner: Arc<jobs::Runner>,
+    pub preparer: Arc<datasets::Preparer>,
     pub roots: Arc<roots::DataRoots>,
     /// `paliforge.db`, `runs/`, `datasets/`.
     pub data_dir: PathBuf,

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::datasets::Preparer;
 use crate::error::{Result, ServiceError};
 use crate::events::Hub;
 use crate::jobs::Runner;
@@ -28,6 +29,8 @@ pub struct ServeConfig {
     pub data_roots: Vec<PathBuf>,
     /// Training runs at once.
     pub training_slots: usize,
+    /// Preparation jobs at once, beside training.
+    pub preparation_slots: usize,
     /// Data pipeline workers per run; 0: every core.
     pub threads: usize,
     /// The largest request body, in bytes.
@@ -42,6 +45,7 @@ impl ServeConfig {
             token: None,
             data_roots: Vec::new(),
             training_slots: 1,
+            preparation_slots: 1,
             threads: 0,
             body_limit: 16 << 20,
         }
@@ -95,10 +99,12 @@ impl Server {
             config.training_slots,
             config.threads,
         );
+        let preparer = Preparer::new(store.clone(), config.preparation_slots, config.threads);
         let service = Arc::new(Service {
             store,
             hub,
             runner,
+            preparer,
             roots: Arc::new(DataRoots::new(roots)),
             data_dir,
             token: config.token.filter(|t| !t.is_empty()),
@@ -114,6 +120,7 @@ impl Server {
             source,
         })?;
         service.runner.recover()?;
+        service.preparer.recover()?;
         Ok(Server {
             listener,
             addr,

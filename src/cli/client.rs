@@ -1,4 +1,5 @@
-//! The service's command-line client: `submit`, `runs`, `watch`, `stop`, `resume`, `stages`.
+//! The service's command-line client: `submit`, `runs`, `watch`, `stop`, `resume`, `stages`,
+//! `submit-data`, `datasets`.
 //! Tables for people by default, JSON with `--json`.
 
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use clap::Args;
 use indicatif::ProgressBar;
 use service::api::RunView;
 use service::client::Client;
+use service::datasets::{DatasetInput, DatasetRequest, PrepareOptions};
 use service::events::Event;
 use service::requests::{RunRequest, SpecInput, StartRequest};
 use service::store::{Status, TrainOptions};
@@ -283,4 +285,107 @@ fn watch_run(client: &Client, id: i64, json: bool) -> anyhow::Result<()> {
         }
     }
     anyhow::bail!("run {id}: the service closed the event stream")
+}
+
+#[derive(Args)]
+pub struct SubmitDataArgs {
+    /// The dataset's name: the service writes it to DATA_DIR/datasets/NAME.
+    name: String,
+    /// Generate the demo dataset (with a tokenizer).
+    #[arg(long, conflicts_with_all = ["parquet", "images"])]
+    demo: bool,
+    /// Demo rows (single-image, then two-image).
+    #[arg(long, default_value_t = 4000)]
+    rows: usize,
+    #[arg(long, default_value_t = 1000)]
+    pair_rows: usize,
+    /// Existing Parquet shards: paths in the service's data roots, globs or URLs.
+    #[arg(long, num_args = 1..)]
+    parquet: Vec<String>,
+    /// A folder of images in the service's data roots (with --annotations).
+    #[arg(long, requires = "annotations")]
+    images: Option<PathBuf>,
+    /// JSONL or CSV naming each row's image in --image-column.
+    #[arg(long)]
+    annotations: Option<PathBuf>,
+    #[arg(long = "image-column", default_value = "image")]
+    image_columns: Vec<String>,
+    /// Re-encode images whose longer side exceeds this, as JPEG.
+    #[arg(long)]
+    max_side: Option<u32>,
+    /// Also train a tokenizer of this many base tokens on the text.
+    #[arg(long)]
+    train_tokenizer: Option<usize>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// Queues a preparation job on the service.
+pub fn submit_data(args: SubmitDataArgs) -> anyhow::Result<()> {
+    let input = match (&args.images, &args.annotations) {
+        _ if args.demo => DatasetInput::Demo {
+            seed: 0,
+            rows: args.rows,
+            pair_rows: args.pair_rows,
+            image_size: 112,
+        },
+        (Some(images), Some(annotations)) => DatasetInput::Images {
+            images: images.clone(),
+            annotations: annotations.clone(),
+            image_column: args.image_columns[0].clone(),
+        },
+        _ if !args.parquet.is_empty() => DatasetInput::Parquet {
+            data: args.parquet.clone(),
+            image_columns: args.image_columns.clone(),
+        },
+        _ => anyhow::bail!("give --demo, --parquet or --images with --annotations"),
+    };
+    let request = DatasetRequest {
+        name: args.name.clone(),
+        input,
+        options: PrepareOptions {
+            max_side: args.max_side,
+            train_tokenizer: args.train_tokenizer,
+            ..PrepareOptions::default()
+        },
+    };
+    let job = args.remote.client()?.prepare(&request)?;
+    if args.remote.json {
+        println!("{}", serde_json::to_string(&job)?);
+    } else {
+        println!(
+            "dataset {} {:?} queued: {}",
+            job.id,
+            job.name,
+            job.dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Lists the service's preparation jobs.
+pub fn datasets(args: ListArgs) -> anyhow::Result<()> {
+    let jobs = args.remote.client()?.datasets()?;
+    if args.remote.json {
+        println!("{}", serde_json::to_string(&jobs)?);
+        return Ok(());
+    }
+    println!(
+        "{:>4}  {:<20} {:<9} {:>15}  FOLDER",
+        "ID", "NAME", "STATUS", "ROWS"
+    );
+    for job in &jobs {
+        println!(
+            "{:>4}  {:<20} {:<9} {:>15}  {}",
+            job.id,
+            truncate(&job.name, 20),
+            job.status.as_str(),
+            format!("{}/{}", job.done, job.total),
+            job.dir.display()
+        );
+        if let Some(error) = &job.error {
+            println!("      error: {error}");
+        }
+    }
+    Ok(())
 }

@@ -63,6 +63,10 @@ enum Command {
     Resume(client::RunArgs),
     /// Append stages to a run (continuous pretraining).
     Stages(client::StagesArgs),
+    /// Queue a preparation job on the service (demo data, Parquet or an image folder).
+    SubmitData(client::SubmitDataArgs),
+    /// List the service's preparation jobs.
+    Datasets(client::ListArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -96,5 +100,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop(args) => client::stop(args).map(|()| ExitCode::SUCCESS),
         Command::Resume(args) => client::resume(args).map(|()| ExitCode::SUCCESS),
         Command::Stages(args) => client::stages(args).map(|()| ExitCode::SUCCESS),
+        Command::SubmitData(args) => client::submit_data(args).map(|()| ExitCode::SUCCESS),
+        Command::Datasets(args) => client::datasets(args).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -23,6 +23,9 @@ pub struct ServeArgs {
     /// Training runs at once.
     #[arg(long, default_value_t = 1)]
     training_slots: usize,
+    /// Preparation jobs at once, beside training.
+    #[arg(long, default_value_t = 1)]
+    preparation_slots: usize,
     /// Data pipeline workers per run; 0 uses every core.
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -39,6 +42,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         token: args.token,
         data_roots: args.data_roots,
         training_slots: args.training_slots,
+        preparation_slots: args.preparation_slots,
         threads: args.threads,
         body_limit: args.max_body_mib << 20,
     };

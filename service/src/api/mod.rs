@@ -1,6 +1,7 @@
 //! The HTTP API: routes under `/v1/`, `/metrics`, `/openapi.json` and the web page at `/`.
 //! Every route but the page and the OpenAPI document needs the bearer token when one is set.
 
+mod datasets;
 mod meta;
 mod mixtures;
 mod runs;
@@ -39,6 +40,9 @@ pub fn router(service: AppState, body_limit: usize) -> Router {
             "/v1/runs/{id}/checkpoints/{checkpoint}/{file}",
             get(runs::checkpoint_file),
         )
+        .route("/v1/datasets", get(datasets::list).post(datasets::create))
+        .route("/v1/datasets/{id}", get(datasets::one))
+        .route("/v1/datasets/{id}/manifest", get(datasets::manifest))
         .route("/metrics", get(meta::metrics))
         .route_layer(middleware::from_fn_with_state(
             service.clone(),

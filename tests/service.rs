@@ -465,3 +465,92 @@ fn wait_dataset(serve: &Serve, id: i64) -> service::store::DatasetRecord {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn concurrent_runs_queue_fail_with_their_cause_and_start_from_checkpoints() {
+    let fx = Fixture::new(24, 16);
+    let serve = Serve::start(&fx, &[]);
+    let ids: Vec<i64> = std::thread::scope(|scope| {
+        let submits: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| fx.submit(&serve, TrainOptions::default()).run.id))
+            .collect();
+        submits.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    let mut distinct = ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{ids:?}");
+    // One training run at a time: the others wait, queued.
+    loop {
+        let runs = serve.client.runs().unwrap();
+        let running = runs
+            .iter()
+            .filter(|r| matches!(r.run.status, Status::Running | Status::Stopping))
+            .count();
+        assert!(running <= 1, "{running} runs at once");
+        if runs.iter().all(|r| r.run.status.is_settled()) {
+            assert!(runs.iter().all(|r| r.run.status == Status::Finished));
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // A run that cannot start fails with its cause; the service keeps serving.
+    let broken = serve
+        .client
+        .submit(&RunRequest {
+            spec: Some(SpecInput::Text(std::fs::read_to_string(fx.spec()).unwrap())),
+            base: Some(fx.root().to_path_buf()),
+            start: StartRequest::Init {
+                dir: fx.root().join("demo"),
+            },
+            ..RunRequest::default()
+        })
+        .unwrap();
+    let failed = serve.wait(broken.run.id, |r| r.status.is_settled());
+    assert_eq!(failed.status, Status::Failed);
+    let error = failed.error.unwrap();
+    assert!(
+        error.contains("demo"),
+        "the error names the folder: {error}"
+    );
+    let events: Vec<Event> = serve
+        .client
+        .events(broken.run.id)
+        .unwrap()
+        .take(1)
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        matches!(
+            &events[0],
+            Event::Status {
+                status: Status::Failed,
+                error: Some(_),
+                ..
+            }
+        ),
+        "{events:?}"
+    );
+
+    // Another run's checkpoint starts a new run.
+    let child = serve
+        .client
+        .submit(&RunRequest {
+            spec: Some(SpecInput::Text(std::fs::read_to_string(fx.spec()).unwrap())),
+            base: Some(fx.root().to_path_buf()),
+            start: StartRequest::Checkpoint {
+                run: ids[0],
+                step: Some(10),
+            },
+            ..RunRequest::default()
+        })
+        .unwrap();
+    let child = serve.wait(child.run.id, |r| r.status.is_settled());
+    assert_eq!(child.status, Status::Finished, "{:?}", child.error);
+    assert_eq!(
+        child.last.map(|e| e.step),
+        Some(10),
+        "a new run counts from 0"
+    );
+}

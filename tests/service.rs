@@ -170,9 +170,22 @@ fn a_killed_service_resumes_its_run_from_the_last_checkpoint_after_restart() {
     let killed_at = serve_steps_on_disk(&fx, run.run.id);
     assert!(killed_at < 100, "killed mid-run, at step {killed_at}");
 
+    let mut serve = Serve::start(&fx, &[]);
+    let resumed = serve.wait(run.run.id, |r| {
+        r.last.as_ref().is_some_and(|e| e.step >= killed_at + 3)
+    });
+    assert_eq!(resumed.status, Status::Running);
+
+    // SIGTERM: the run checkpoints and stays queued for the next start.
+    serve.terminate();
     let serve = Serve::start(&fx, &[]);
     let done = serve.wait(run.run.id, |r| r.status.is_settled());
     assert_eq!(done.status, Status::Finished, "{:?}", done.error);
+    assert!(
+        serve.log().contains("continuing after a restart"),
+        "{}",
+        serve.log()
+    );
     assert_eq!(
         fx.metric_steps(&serve, run.run.id),
         (1..=100).collect::<Vec<_>>(),

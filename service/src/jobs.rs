@@ -107,16 +107,24 @@ impl Runner {
         };
         drop(permit);
         let requeue = self.active().remove(&id).is_some_and(|a| a.requeue);
+        // Stopped for the shutdown or a new spec, not because someone asked: it goes on.
+        let asked_to_stop = self
+            .store
+            .run(id)
+            .is_ok_and(|r| r.status == Status::Stopping);
         let shutting_down = self.shutting_down.load(Ordering::Relaxed);
         let recorded = match result {
             Err(message) => {
                 tracing::error!(run = id, "{message}");
                 self.set_status(id, Status::Failed, Some(&message))
             }
-            Ok(_) if shutting_down => self.set_status(id, Status::Queued, None),
-            Ok(_) if requeue => self
+            Ok(Outcome::Stopped { .. }) if shutting_down && !asked_to_stop => {
+                self.set_status(id, Status::Queued, None)
+            }
+            Ok(_) if requeue && !asked_to_stop && !shutting_down => self
                 .set_status(id, Status::Queued, None)
                 .map(|()| self.enqueue(id)),
+            Ok(_) if requeue && shutting_down => self.set_status(id, Status::Queued, None),
             Ok(Outcome::Finished { steps }) => {
                 tracing::info!(run = id, steps, "finished");
                 self.set_status(id, Status::Finished, None)

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -68,11 +68,10 @@ async fn require_token(State(service): State<AppState>, request: Request, next: 
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let from_query = request
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")));
-    let given = from_header.or(from_query).unwrap_or("");
+    let from_query = Query::<TokenQuery>::try_from_uri(request.uri())
+        .ok()
+        .and_then(|q| q.0.token);
+    let given = from_header.or(from_query.as_deref()).unwrap_or("");
     if constant_time_eq(given.as_bytes(), token.as_bytes()) {
         next.run(request).await
     } else {
@@ -87,6 +86,11 @@ async fn require_token(State(service): State<AppState>, request: Request, next: 
         )
             .into_response()
     }
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
 }
 
 /// Compares without stopping at the first difference, so timing does not leak the token.

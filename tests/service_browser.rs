@@ -31,6 +31,8 @@ impl Browser {
                 "--headless",
                 "--no-sandbox",
                 "--disable-gpu",
+                // Containers often have a small /dev/shm.
+                "--disable-dev-shm-usage",
                 "--no-first-run",
                 "--remote-debugging-port=0",
                 "--window-size=1200,900",

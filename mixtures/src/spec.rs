@@ -35,6 +35,10 @@ pub struct Mixture {
     pub tasks: BTreeMap<String, Task>,
     /// Run in order; each ends when its budget is reached.
     pub stages: Vec<Stage>,
+    /// Held-out evaluation: each task with its source's `eval_data`, scored by its
+    /// `evaluator`.
+    #[serde(default)]
+    pub eval: Eval,
     #[serde(skip)]
     pub(crate) lines: Lines,
 }
@@ -51,6 +55,13 @@ pub struct Source {
     /// string or a list.
     #[serde(deserialize_with = "one_or_many")]
     pub data: Vec<String>,
+    /// Held-out shards of the same layout, for evaluation; never trained on.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub eval_data: Vec<String>,
     /// Columns holding images (an HF image struct, or a list of them for multi-image rows).
     /// Empty for text-only sources.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -124,6 +135,31 @@ pub enum Scalar {
     Int(i64),
     Float(f64),
     Text(String),
+}
+
+/// Held-out evaluation of every task whose source has `eval_data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Eval {
+    /// Held-out examples per task (fewer if the data has fewer). Default 100.
+    pub examples: u32,
+    /// Evaluate every this many steps during training, and at the end; 0: only at the end.
+    pub every: u64,
+    /// Tokens generated per answer at most. Default 32.
+    pub max_new_tokens: u32,
+    /// 1: greedy decoding; more: beam search with this many beams.
+    pub beams: u32,
+}
+
+impl Default for Eval {
+    fn default() -> Self {
+        Eval {
+            examples: 100,
+            every: 0,
+            max_new_tokens: 32,
+            beams: 1,
+        }
+    }
 }
 
 /// How a task's predictions are scored.
@@ -280,7 +316,7 @@ impl Mixture {
     /// absolute paths are left alone.
     pub fn rebase(&mut self, base: &Path) {
         for source in self.sources.values_mut() {
-            for entry in &mut source.data {
+            for entry in source.data.iter_mut().chain(&mut source.eval_data) {
                 let is_url = entry
                     .split_once("://")
                     .is_some_and(|(scheme, _)| scheme.len() > 1);

@@ -71,6 +71,18 @@ impl Warmup {
     }
 }
 
+/// How the loss of a batch averages its target tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossNorm {
+    /// Every target token counts the same: long answers weigh more. Default.
+    #[default]
+    PerToken,
+    /// Each example's mean over its tokens, then the mean over examples (as big_vision does):
+    /// short answers count as much as long ones.
+    PerExample,
+}
+
 /// The `train` table of a stage as written: anything left out takes the recipe's default.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,6 +107,8 @@ pub struct TrainSpec {
     /// Global gradient-norm clip; 0 turns clipping off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_clip: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_norm: Option<LossNorm>,
 }
 
 /// Every knob resolved: what the trainer consumes.
@@ -109,6 +123,7 @@ pub struct Training {
     pub llm_dropout: f64,
     pub weight_decay: f64,
     pub grad_clip: f64,
+    pub loss_norm: LossNorm,
 }
 
 impl Recipe {
@@ -125,6 +140,7 @@ impl Recipe {
                 llm_dropout: 0.0,
                 weight_decay: 0.0,
                 grad_clip: 1.0,
+                loss_norm: LossNorm::PerToken,
             },
             Recipe::Transfer => Training {
                 lr: 1e-5,
@@ -136,6 +152,7 @@ impl Recipe {
                 llm_dropout: 0.0,
                 weight_decay: 0.0,
                 grad_clip: 1.0,
+                loss_norm: LossNorm::PerToken,
             },
         }
     }
@@ -167,6 +184,7 @@ impl TrainSpec {
             llm_dropout: self.llm_dropout.unwrap_or(d.llm_dropout),
             weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
             grad_clip: self.grad_clip.unwrap_or(d.grad_clip),
+            loss_norm: self.loss_norm.unwrap_or(d.loss_norm),
         }
     }
 }

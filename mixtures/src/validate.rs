@@ -78,6 +78,7 @@ impl Mixture {
         check.sources();
         check.tasks();
         check.stages();
+        check.eval();
         match check.errors.is_empty() {
             true => Ok(()),
             false => Err(ValidationErrors(check.errors)),
@@ -143,6 +144,13 @@ impl Checker<'_, '_> {
             suggestion,
         };
         self.error(path, problem);
+    }
+
+    fn eval(&mut self) {
+        let eval = &self.mixture.eval;
+        self.positive("eval.examples", Some(eval.examples));
+        self.positive("eval.max_new_tokens", Some(eval.max_new_tokens));
+        self.positive("eval.beams", Some(eval.beams));
     }
 
     fn sources(&mut self) {

@@ -40,6 +40,15 @@ impl_params!(GemmaLayer {
     "post_attention_layernorm" => post_attention_layernorm, "mlp" => mlp,
 });
 
+/// Dropout on each layer's attention and MLP outputs, before the residual add (the
+/// `llm_dropout` of the paper's transfer recipe). The masks follow from `seed`, so a step
+/// redone after a resume drops the same units.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    pub rate: f32,
+    pub seed: u64,
+}
+
 /// The decoder. Parameter names are transformers' under the prefix `language_model.model`.
 #[derive(Clone, Debug)]
 pub struct Gemma {
@@ -48,6 +57,8 @@ pub struct Gemma {
     pub embed_tokens: Matrix,
     pub layers: Vec<GemmaLayer>,
     pub norm: RmsNorm,
+    /// Set by the trainer for the forward passes of a training step only.
+    pub dropout: Option<Dropout>,
 }
 impl_params!(Gemma { "embed_tokens.weight" => embed_tokens, "layers" => layers, "norm" => norm });
 
@@ -104,6 +115,7 @@ impl Gemma {
             embed_tokens: init.weight(cfg.vocab_size, d),
             layers,
             norm: RmsNorm::init(init, d, eps),
+            dropout: None,
         }
     }
 
@@ -143,7 +155,7 @@ impl Gemma {
                 }
                 &mut c.layers[i]
             });
-            x = self.layer(layer, x, batch, len, rope, mask, c);
+            x = self.layer(i, layer, x, batch, len, rope, mask, c);
         }
         self.norm.forward(x)
     }
@@ -151,6 +163,7 @@ impl Gemma {
     #[allow(clippy::too_many_arguments)]
     fn layer<T: Tape<f32, Dev>>(
         &self,
+        index: usize,
         l: &GemmaLayer,
         x: Matrix<T>,
         batch: usize,
@@ -203,11 +216,35 @@ impl Gemma {
             kv_heads: nkv,
             head_dim: hd,
         };
-        let x = crate::fused::add(x, a.o_proj.forward(attention(q, k, v, heads, Some(mask))));
+        let attended = a.o_proj.forward(attention(q, k, v, heads, Some(mask)));
+        let x = crate::fused::add(x, self.drop(attended, 2 * index as u64));
         let h = l.post_attention_layernorm.forward(x.retaped::<T>());
         let g = l.mlp.gate_proj.forward(h.retaped::<T>());
         let u = l.mlp.up_proj.forward(h);
-        crate::fused::add(x, l.mlp.down_proj.forward(crate::fused::geglu(g, u)))
+        let mlp = l.mlp.down_proj.forward(crate::fused::geglu(g, u));
+        crate::fused::add(x, self.drop(mlp, 2 * index as u64 + 1))
+    }
+
+    /// `x` with [`Gemma::dropout`] applied (mask stream `stream`), or unchanged.
+    fn drop<T: Tape<f32, Dev>>(&self, x: Matrix<T>, stream: u64) -> Matrix<T> {
+        let Some(d) = self.dropout.filter(|d| d.rate > 0.0) else {
+            return x;
+        };
+        let shape = *x.shape();
+        let keep = 1.0 - d.rate;
+        let threshold = (f64::from(keep) * 2f64.powi(64)) as u64;
+        let mut rng = pipeline::rng::SplitMix64::new(d.seed, stream);
+        let mask: Vec<f32> = (0..shape.0 * shape.1)
+            .map(|_| {
+                if rng.next_u64() < threshold {
+                    1.0 / keep
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = x.device().tensor_from_vec(mask, shape);
+        x * mask
     }
 
     /// Logits from final hidden states: `h @ embed_tokens^T`, `[rows, vocab]`.

@@ -17,6 +17,7 @@
 //! - [`stage0`]: a new PaliGemma from SigLIP and Gemma checkpoints (vocabulary extension).
 //! - [`bench`]: timing of forward and training steps.
 //! - [`train`]: the trainer: pipeline batches, schedules, optimiser groups, run checkpoints.
+//! - [`eval`]: held-out evaluation: decoding and per-task metrics.
 
 pub mod attention;
 pub mod bench;
@@ -24,6 +25,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod decode;
 pub mod error;
+pub mod eval;
 pub mod fused;
 pub mod gemma;
 pub mod input;

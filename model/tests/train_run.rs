@@ -541,6 +541,97 @@ fn label_smoothing_moves_the_loss_toward_the_mean_log_probability() {
 }
 
 #[test]
+fn per_example_normalisation_averages_each_examples_mean_loss() {
+    let data = tempfile::tempdir().unwrap();
+    let tokenizer = dataset(data.path());
+    let mixture = spec(data.path(), TRAIN);
+    let batch = first_batches(&mixture, &tokenizer, 1).remove(0);
+    let mut t = Trainer::new(
+        mixture.clone(),
+        tiny_model(&tokenizer, 28),
+        options(&tokenizer),
+        TrainConfig::default(),
+    )
+    .unwrap();
+    let input = model::train::model_input(&batch, &t.model.cfg).unwrap();
+    let token_losses = t.model.token_losses(&input).unwrap();
+    let mut per_example = Vec::new();
+    let (mut all, mut all_weight) = (0.0f64, 0.0f64);
+    for seg in &batch.segments {
+        let start = seg.row as usize * batch.seq_len + seg.start as usize;
+        let (mut sum, mut weight) = (0.0f64, 0.0f64);
+        for i in start..start + seg.len as usize {
+            let w = input.loss_weights[i] as f64;
+            sum += w * token_losses[i] as f64;
+            weight += w;
+        }
+        per_example.push(sum / weight);
+        all += sum;
+        all_weight += weight;
+    }
+    let want_example = per_example.iter().sum::<f64>() / per_example.len() as f64;
+    let want_token = all / all_weight;
+    assert!(
+        (want_example - want_token).abs() > 1e-4,
+        "examples of different lengths tell the two apart"
+    );
+    let mut training = mixture.stages[0].training();
+    for (norm, want) in [
+        (mixtures::LossNorm::PerToken, want_token),
+        (mixtures::LossNorm::PerExample, want_example),
+    ] {
+        training.loss_norm = norm;
+        let (loss, _) = t.batch_loss_and_grads(&batch, &training).unwrap();
+        assert!(
+            (loss as f64 - want).abs() < 1e-5 * want,
+            "{norm:?}: {loss} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn llm_dropout_is_deterministic_per_step_and_only_while_training() {
+    let data = tempfile::tempdir().unwrap();
+    let tokenizer = dataset(data.path());
+    let mixture = spec(data.path(), TRAIN);
+    let batch = first_batches(&mixture, &tokenizer, 1).remove(0);
+    let mut t = Trainer::new(
+        mixture.clone(),
+        tiny_model(&tokenizer, 28),
+        options(&tokenizer),
+        TrainConfig::default(),
+    )
+    .unwrap();
+    let mut training = mixture.stages[0].training();
+    let (plain, _) = t.batch_loss_and_grads(&batch, &training).unwrap();
+    training.llm_dropout = 0.3;
+    let (dropped, _) = t.batch_loss_and_grads(&batch, &training).unwrap();
+    let (again, _) = t.batch_loss_and_grads(&batch, &training).unwrap();
+    assert_ne!(plain, dropped, "dropout changes the loss");
+    assert_eq!(
+        dropped.to_bits(),
+        again.to_bits(),
+        "the same step drops the same units"
+    );
+    assert!(
+        t.model.language_model.dropout.is_none(),
+        "evaluation sees no dropout"
+    );
+    let input = model::train::model_input(&batch, &t.model.cfg).unwrap();
+    let eval: f32 = {
+        let losses = t.model.token_losses(&input).unwrap();
+        let w: f32 = input.loss_weights.iter().sum();
+        losses
+            .iter()
+            .zip(&input.loss_weights)
+            .map(|(l, w)| l * w)
+            .sum::<f32>()
+            / w
+    };
+    assert!((eval - plain).abs() < 1e-4 * plain, "{eval} vs {plain}");
+}
+
+#[test]
 fn a_nan_stops_the_run_names_the_batch_and_keeps_the_last_good_checkpoint() {
     let data = tempfile::tempdir().unwrap();
     let tokenizer = dataset(data.path());

@@ -1,6 +1,7 @@
 //! A mixture spec's stage as a stream: its sources opened, its tasks formatted at the stage's
 //! resolution and text length, drawn in the order of the mixture's exact weighted sampler.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mixtures::{Mixture, Sampler, SamplerState};
@@ -12,7 +13,7 @@ use crate::pack::PackConfig;
 use crate::schedule::Schedule;
 use crate::source::{RowFilter, ShardSpec, SourceConfig};
 use crate::stream::{BatchStream, StreamConfig, StreamState, StreamTask};
-use crate::text::PaliTokenizer;
+use crate::text::{PaliTokenizer, TokenizerError};
 
 /// SigLIP's patch: 14 pixels for every released PaliGemma.
 pub const PATCH: usize = 14;
@@ -256,4 +257,42 @@ pub fn inspect_sources(
         }
         facts
     })
+}
+
+/// The tokenizer `given`, or else the one found beside the spec or the data
+/// ([`find_tokenizer`]).
+pub fn load_tokenizer(
+    given: Option<&Path>,
+    spec: Option<&Path>,
+    mixture: &Mixture,
+) -> Result<PaliTokenizer, TokenizerError> {
+    let path = match given {
+        Some(path) => path.to_path_buf(),
+        None => find_tokenizer(spec, mixture).ok_or(TokenizerError::NotFound)?,
+    };
+    PaliTokenizer::from_file(path)
+}
+
+/// `tokenizer.json` in the spec's folder, or in the folder (or its parent) of a source's first
+/// shard: where `demo-data` and `prepare` put it.
+pub fn find_tokenizer(spec: Option<&Path>, mixture: &Mixture) -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(spec) = spec {
+        candidates.push(spec.with_file_name("tokenizer.json"));
+    }
+    for source in mixture.sources.values() {
+        for entry in &source.data {
+            let entry = Path::new(entry);
+            let dir = if entry.is_dir() {
+                entry.to_path_buf()
+            } else {
+                entry.parent().map(Path::to_path_buf).unwrap_or_default()
+            };
+            candidates.push(dir.join("tokenizer.json"));
+            if let Some(up) = dir.parent() {
+                candidates.push(up.join("tokenizer.json"));
+            }
+        }
+    }
+    candidates.into_iter().find(|p| p.is_file())
 }

@@ -96,10 +96,10 @@ fn run_length(symbols: impl Iterator<Item = char>) -> String {
         .join(" ")
 }
 
-/// A `[3, R, R]` image in [-1, 1] as an 8-bit PNG.
-fn save_png(chw: &[f32], resolution: usize, path: &Path) -> Result<(), PipelineError> {
+/// A `[3, R, R]` image in [-1, 1] as 8-bit RGB.
+pub fn to_rgb(chw: &[f32], resolution: usize) -> image::RgbImage {
     let plane = resolution * resolution;
-    let rgb = image::RgbImage::from_fn(resolution as u32, resolution as u32, |x, y| {
+    image::RgbImage::from_fn(resolution as u32, resolution as u32, |x, y| {
         let i = y as usize * resolution + x as usize;
         let px = |c: usize| {
             ((chw[c * plane + i] + 1.0) * 127.5)
@@ -107,9 +107,24 @@ fn save_png(chw: &[f32], resolution: usize, path: &Path) -> Result<(), PipelineE
                 .clamp(0.0, 255.0) as u8
         };
         image::Rgb([px(0), px(1), px(2)])
-    });
-    rgb.save(path).map_err(|e| PipelineError::File {
-        path: path.display().to_string(),
-        message: e.to_string(),
     })
+}
+
+/// A `[3, R, R]` image in [-1, 1] as PNG bytes.
+pub fn png_bytes(chw: &[f32], resolution: usize) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    to_rgb(chw, resolution)
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("PNG encoding into memory cannot fail");
+    out.into_inner()
+}
+
+/// A `[3, R, R]` image in [-1, 1] as an 8-bit PNG file.
+fn save_png(chw: &[f32], resolution: usize, path: &Path) -> Result<(), PipelineError> {
+    to_rgb(chw, resolution)
+        .save(path)
+        .map_err(|e| PipelineError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
 }

@@ -42,6 +42,11 @@ pub enum TokenizerError {
     },
     #[error("tokenizer: {0}")]
     Tokenizers(String),
+    #[error(
+        "no tokenizer given and no tokenizer.json beside the spec or the data; `paliforge demo-data` \
+         writes one, and `paliforge prepare --train-tokenizer` makes one for any dataset"
+    )]
+    NotFound,
 }
 
 fn tokenizers_error(e: tokenizers::Error) -> TokenizerError {

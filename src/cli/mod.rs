@@ -2,6 +2,8 @@
 
 mod client;
 mod data;
+mod eval;
+mod interrupt;
 mod mixture;
 mod model;
 mod pipeline;
@@ -30,10 +32,13 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The whole job on the embedded default: demo data, the quickstart spec, every stage.
+    /// The whole job on the embedded default: demo data, training through the quickstart
+    /// spec's stages, held-out evaluation, an HTML report.
     Quickstart(quickstart::QuickstartArgs),
     /// Train a model through a mixture spec's stages, with checkpoints that resume exactly.
     Train(train::TrainArgs),
+    /// Score a model on a spec's held-out data: exact match, VQA accuracy, CIDEr, box IoU.
+    Eval(eval::EvalArgs),
     /// Generate the demo dataset: shapes with captions, questions, boxes and image pairs.
     DemoData(data::DemoArgs),
     /// Convert images with annotations, or existing Parquet, into paliforge shards.
@@ -87,6 +92,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Quickstart(args) => quickstart::run(args).map(|()| ExitCode::SUCCESS),
         Command::Train(args) => train::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::DemoData(args) => data::demo(args).map(|()| ExitCode::SUCCESS),
         Command::Prepare(args) => data::prepare_command(args).map(|()| ExitCode::SUCCESS),
         Command::Pipeline(command) => pipeline::run(command),

@@ -106,40 +106,9 @@ pub fn load_tokenizer(
     spec: Option<&Path>,
     mixture: &Mixture,
 ) -> anyhow::Result<Arc<PaliTokenizer>> {
-    let path = match given {
-        Some(path) => path.to_path_buf(),
-        None => default_tokenizer(spec, mixture).context(
-            "no --tokenizer given and no tokenizer.json beside the data; `paliforge demo-data` writes one, \
-             and `paliforge prepare --train-tokenizer` makes one for any dataset",
-        )?,
-    };
-    Ok(Arc::new(PaliTokenizer::from_file(&path)?))
-}
-
-/// `tokenizer.json` in the spec's folder, or in the folder (or its parent) of the first shard.
-fn default_tokenizer(spec: Option<&Path>, mixture: &Mixture) -> Option<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Some(spec) = spec {
-        candidates.push(spec.with_file_name("tokenizer.json"));
-    }
-    for source in mixture.sources.values() {
-        for entry in &source.data {
-            let dir = Path::new(entry)
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
-            let dir = if Path::new(entry).is_dir() {
-                PathBuf::from(entry)
-            } else {
-                dir
-            };
-            candidates.push(dir.join("tokenizer.json"));
-            if let Some(up) = dir.parent() {
-                candidates.push(up.join("tokenizer.json"));
-            }
-        }
-    }
-    candidates.into_iter().find(|p| p.is_file())
+    Ok(Arc::new(pipeline::mixture::load_tokenizer(
+        given, spec, mixture,
+    )?))
 }
 
 #[derive(Args)]

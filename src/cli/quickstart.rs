@@ -1,29 +1,36 @@
-//! `paliforge quickstart`: the whole job on the embedded default — demo data made on the spot,
-//! the shipped quickstart spec checked against it, and every stage streamed through the
-//! pipeline with a progress bar. (Training joins here when the trainer lands: see the README.)
+//! `paliforge quickstart`: the whole job on the embedded default. Demo data made on the spot,
+//! the shipped quickstart spec trained stage by stage on a small model, held-out evaluation,
+//! a per-task table, an HTML report, and last one JSON line of the figures.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use mixtures::{Mixture, Sampler, ValidationContext};
 use pipeline::demo::DemoConfig;
-use pipeline::mixture::{RunOptions, inspect_sources, stage_stream};
-use pipeline::stream::StreamState;
 use serde_json::json;
+
+use ::model::eval::{EvalOptions, evaluate};
+use ::model::train::{RunSetup, Start, TrainConfig, latest_checkpoint, open_run, write_report};
 
 /// The shipped quickstart spec, embedded so the binary needs nothing beside it.
 const SPEC: &str = include_str!("../../mixtures/specs/quickstart.toml");
 
 #[derive(Args)]
 pub struct QuickstartArgs {
-    /// The run folder: demo data, the spec, and what the run writes.
+    /// The folder for everything: demo data, the spec, and the run.
     #[arg(long, default_value = "quickstart")]
     out: PathBuf,
-    /// CPU-stage workers; 0 uses every core.
+    /// Model size (`paliforge train --help` lists them).
+    #[arg(long, default_value = "small")]
+    config: String,
+    /// Data pipeline workers; 0 uses every core.
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Train at most this many steps in all, then evaluate (a smoke test; running again
+    /// continues the run).
+    #[arg(long)]
+    max_steps: Option<u64>,
 }
 
 pub fn run(args: QuickstartArgs) -> anyhow::Result<()> {
@@ -35,67 +42,82 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         eprintln!("making the demo dataset in {}", demo.display());
         super::data::make_demo(&demo, &DemoConfig::default())?;
     }
-    let spec_path = args.out.join("spec.toml");
-    std::fs::write(&spec_path, SPEC).with_context(|| format!("writing {}", spec_path.display()))?;
-    let mixture = Mixture::from_path(&spec_path)?;
-    let facts = inspect_sources(&mixture);
-    let columns_of = |s: &str| facts.get(s)?.as_ref().ok().map(|f| f.columns.clone());
-    mixture
-        .validate(&ValidationContext::new().with_columns(&columns_of))
-        .map_err(|e| anyhow::anyhow!("{}:\n{e}", spec_path.display()))?;
-
-    let tokenizer =
-        super::pipeline::load_tokenizer(Some(&demo.join("tokenizer.json")), None, &mixture)?;
-    let options = RunOptions {
-        threads: args.threads,
-        ..RunOptions::new(tokenizer)
-    };
-    let names = Sampler::new(&mixture)?.task_names().to_vec();
-    let mut state = StreamState::default();
-    let mut stages = Vec::new();
-    for (index, stage) in mixture.stages.iter().enumerate() {
-        let budget = match stage.budget {
-            mixtures::Budget::Examples(n) => n,
-            mixtures::Budget::Epochs { .. } => 0,
-        };
-        let bar = super::progress::bar(budget, "examples");
-        bar.set_message(stage.name.clone());
-        let stage_started = Instant::now();
-        let mut per_task = vec![0u64; names.len()];
-        let mut tokens = 0u64;
-        for batch in stage_stream(&mixture, index, &options, state.clone())? {
-            let batch = batch?;
-            for seg in &batch.batch.segments {
-                per_task[seg.task_id as usize] += 1;
-            }
-            tokens += batch.batch.segment_ids.iter().filter(|s| **s != 0).count() as u64;
-            bar.inc(batch.batch.segments.len() as u64);
-            state = batch.state;
-        }
-        bar.finish_and_clear();
-        let seconds = stage_started.elapsed().as_secs_f64();
-        let examples: u64 = per_task.iter().sum();
-        println!(
-            "stage {:<14} {:>4}px  {examples:>6} examples  {:>8.0} examples/s  {:>9.0} tokens/s",
-            stage.name,
-            stage.resolution(),
-            examples as f64 / seconds,
-            tokens as f64 / seconds
+    let spec = args.out.join("spec.toml");
+    std::fs::write(&spec, SPEC).with_context(|| format!("writing {}", spec.display()))?;
+    let run_dir = args.out.join("run");
+    let start = if latest_checkpoint(&run_dir.join("checkpoints"))?.is_some() {
+        eprintln!(
+            "continuing the run in {} (delete it to start over)",
+            run_dir.display()
         );
-        for (task, n) in names.iter().zip(&per_task).filter(|(_, n)| **n > 0) {
-            println!("  {task:<12} {n:>6}");
+        Start::Resume
+    } else {
+        Start::Fresh {
+            config: args.config.clone(),
         }
-        let tasks: serde_json::Map<String, serde_json::Value> = names
-            .iter()
-            .zip(&per_task)
-            .map(|(t, n)| (t.clone(), json!(n)))
-            .collect();
-        stages.push(json!({ "stage": stage.name, "examples": examples, "seconds": seconds, "tasks": tasks }));
+    };
+    ::model::tune_malloc();
+    let dev = ::model::device();
+    let mut trainer = open_run(
+        RunSetup {
+            spec,
+            out: run_dir.clone(),
+            start,
+            tokenizer: Some(demo.join("tokenizer.json")),
+            threads: args.threads,
+            train: TrainConfig {
+                checkpoint_every: 100,
+                keep_checkpoints: 2,
+                task_loss_every: 5,
+                stop_after: args.max_steps,
+                stop: Some(super::interrupt::stop_on_ctrl_c()),
+                ..Default::default()
+            },
+        },
+        &dev,
+    )?;
+    let outcome = super::train::train_with_progress(&mut trainer)?;
+    let reached_max = args.max_steps.is_some_and(|n| trainer.step() >= n);
+    if matches!(outcome, ::model::train::Outcome::Stopped { .. }) && !reached_max {
+        eprintln!("stopped; run the quickstart again to continue");
+        return Ok(());
     }
-    let bad = state.bad_inputs.bad();
+    let train_s = started.elapsed().as_secs_f64();
+
+    eprintln!("evaluating on held-out data");
+    let last_stage = trainer.mixture().stages.len() - 1;
+    let mixture = trainer.mixture().clone();
+    let options = trainer.options().clone();
+    let report = evaluate(
+        &mut trainer.model,
+        &mixture,
+        &options,
+        &EvalOptions {
+            stage: last_stage,
+            samples_per_task: 6,
+        },
+    )?;
+    print!("{}", report.table());
+    let eval_path = run_dir.join("eval.json");
+    std::fs::write(&eval_path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", eval_path.display()))?;
+    let report_path = run_dir.join("report.html");
+    write_report(
+        &report_path,
+        "paliforge quickstart",
+        trainer.metrics(),
+        Some(&report),
+    )?;
+    eprintln!("report: {}", report_path.display());
     println!(
         "{}",
-        json!({ "stages": stages, "bad_rows": bad, "wall_s": started.elapsed().as_secs_f64() })
+        json!({
+            "tasks": report.to_json(),
+            "steps": trainer.step(),
+            "train_s": train_s,
+            "wall_s": started.elapsed().as_secs_f64(),
+            "report": report_path.display().to_string(),
+        })
     );
     Ok(())
 }

@@ -2,20 +2,16 @@
 //! progress bar, `RUN_DIR/metrics.jsonl` (one event per step) and checkpoints in
 //! `RUN_DIR/checkpoints`; `--resume` continues from the newest complete checkpoint.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
 use clap::Args;
-use mixtures::{Mixture, ValidationContext};
-use pipeline::mixture::{RunOptions, inspect_sources};
 use serde_json::json;
 
+use ::model::train::trainer::METRICS_FILE;
 use ::model::train::{
-    Outcome, TrainConfig, TrainEvent, Trainer, config_for_tokenizer, latest_checkpoint,
+    Outcome, RunSetup, Start, TrainConfig, TrainEvent, Trainer, latest_checkpoint, open_run,
 };
-use ::model::{PaliGemma, PaliGemmaConfig};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -60,77 +56,67 @@ pub struct TrainArgs {
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mixture = Mixture::from_path(&args.spec)?;
-    let facts = inspect_sources(&mixture);
-    let columns_of = |s: &str| facts.get(s)?.as_ref().ok().map(|f| f.columns.clone());
-    mixture
-        .validate(&ValidationContext::new().with_columns(&columns_of))
-        .map_err(|e| anyhow::anyhow!("{}:\n{e}", args.spec.display()))?;
-    let tokenizer =
-        super::pipeline::load_tokenizer(args.tokenizer.as_deref(), Some(&args.spec), &mixture)?;
-    let options = RunOptions {
-        threads: args.threads,
-        ..RunOptions::new(tokenizer.clone())
+    let start = match (&args.init, args.resume) {
+        (_, true) => Start::Resume,
+        (Some(dir), false) => Start::Init { dir: dir.clone() },
+        (None, false) => Start::Fresh {
+            config: args.config.clone(),
+        },
     };
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     let checkpoints = args.out.join("checkpoints");
-    let config = TrainConfig {
-        micro_batch_rows: args.micro_batch,
-        checkpoint_every: args.checkpoint_every,
-        keep_checkpoints: args.keep,
-        run_dir: Some(args.out.clone()),
-        stop_after: args.max_steps,
-        task_loss_every: args.task_loss_every,
-    };
+    if !args.resume && latest_checkpoint(&checkpoints)?.is_some() {
+        anyhow::bail!(
+            "{} already holds checkpoints: pass --resume to continue that run, or choose another --out",
+            checkpoints.display()
+        );
+    }
     ::model::tune_malloc();
     let dev = ::model::device();
-    let metrics_path = args.out.join("metrics.jsonl");
-    let mut trainer = if args.resume {
-        let latest = latest_checkpoint(&checkpoints)?.with_context(|| {
-            format!(
-                "--resume: no complete checkpoint in {}",
-                checkpoints.display()
-            )
-        })?;
-        eprintln!("resuming from {}", latest.display());
-        let trainer = Trainer::resume(&latest, mixture, options, config, &dev)
-            .with_context(|| format!("resuming from {}", latest.display()))?;
-        // The metrics file continues from the checkpoint: steps after it are redone.
-        write_metrics(&metrics_path, trainer.metrics())?;
-        trainer
-    } else {
-        if latest_checkpoint(&checkpoints)?.is_some() {
-            bail!(
-                "{} already holds checkpoints: pass --resume to continue that run, or choose another --out",
-                checkpoints.display()
-            );
-        }
-        let first = mixture.stages.first().context("the spec has no stages")?;
-        let resolution = first.resolution() as usize;
-        let model = match &args.init {
-            Some(dir) => ::model::checkpoint::load_at_resolution(dir, &dev, resolution)
-                .with_context(|| format!("loading --init {}", dir.display()))?,
-            None => {
-                let mut cfg =
-                    config_for_tokenizer(PaliGemmaConfig::preset(&args.config)?, &tokenizer);
-                cfg.vision.image_size = resolution;
-                PaliGemma::new(&cfg, &dev, mixture.seed)?
-            }
-        };
-        write_metrics(&metrics_path, &[])?;
-        Trainer::new(mixture, model, options, config)?
+    let mut trainer = open_run(
+        RunSetup {
+            spec: args.spec.clone(),
+            out: args.out.clone(),
+            start,
+            tokenizer: args.tokenizer.clone(),
+            threads: args.threads,
+            train: TrainConfig {
+                micro_batch_rows: args.micro_batch,
+                checkpoint_every: args.checkpoint_every,
+                keep_checkpoints: args.keep,
+                stop_after: args.max_steps,
+                task_loss_every: args.task_loss_every,
+                stop: Some(super::interrupt::stop_on_ctrl_c()),
+                ..Default::default()
+            },
+        },
+        &dev,
+    )?;
+    if trainer.step() > 0 {
+        eprintln!("resumed at step {}", trainer.step());
+    }
+    let outcome = train_with_progress(&mut trainer)?;
+    let (status, steps) = match outcome {
+        Outcome::Finished { steps } => ("finished", steps),
+        Outcome::Stopped { steps } => ("stopped", steps),
     };
-    let spec_copy = args.out.join("spec.json");
-    std::fs::write(&spec_copy, trainer.mixture().to_json())
-        .with_context(|| format!("writing {}", spec_copy.display()))?;
+    let last = trainer.metrics().last();
+    println!(
+        "{}",
+        json!({
+            "status": status,
+            "steps": steps,
+            "last_loss": last.map(|e| e.loss),
+            "checkpoint": latest_checkpoint(&checkpoints)?.map(|p| p.display().to_string()),
+            "metrics": args.out.join(METRICS_FILE).display().to_string(),
+            "wall_s": started.elapsed().as_secs_f64(),
+        })
+    );
+    Ok(())
+}
 
-    let mut metrics = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
+/// Runs `trainer` with one progress bar per stage.
+pub fn train_with_progress(trainer: &mut Trainer) -> anyhow::Result<Outcome> {
     let mut bar: Option<(usize, indicatif::ProgressBar)> = None;
-    let mut write_error = None;
     let outcome = trainer.run(&mut |e: &TrainEvent| {
         if bar.as_ref().is_none_or(|(stage, _)| *stage != e.stage) {
             if let Some((_, b)) = bar.take() {
@@ -152,49 +138,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             e.tokens_per_s,
             100.0 * e.data_wait
         ));
-        if write_error.is_none()
-            && let Err(err) = serde_json::to_writer(&mut metrics, e)
-                .map_err(std::io::Error::from)
-                .and_then(|()| metrics.write_all(b"\n"))
-        {
-            write_error = Some(err);
-        }
     });
     if let Some((_, b)) = bar.take() {
         b.finish();
     }
-    if let Some(err) = write_error {
-        return Err(err).with_context(|| format!("writing {}", metrics_path.display()));
-    }
-    let outcome = outcome?;
-    let (status, steps) = match outcome {
-        Outcome::Finished { steps } => ("finished", steps),
-        Outcome::Stopped { steps } => ("stopped", steps),
-    };
-    let last = trainer.metrics().last();
-    println!(
-        "{}",
-        json!({
-            "status": status,
-            "steps": steps,
-            "last_loss": last.map(|e| e.loss),
-            "checkpoint": latest_checkpoint(&checkpoints)?.map(|p| p.display().to_string()),
-            "metrics": metrics_path.display().to_string(),
-            "wall_s": started.elapsed().as_secs_f64(),
-        })
-    );
-    Ok(())
-}
-
-/// Rewrites `path` with `events`, one JSON object a line (written whole, then renamed).
-fn write_metrics(path: &Path, events: &[TrainEvent]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("jsonl.tmp");
-    let mut text = String::new();
-    for e in events {
-        text.push_str(&serde_json::to_string(e)?);
-        text.push('\n');
-    }
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    Ok(outcome?)
 }

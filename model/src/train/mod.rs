@@ -10,10 +10,15 @@
 //! - [`checkpoint`]: a run checkpoint (weights, optimiser state, step, the pipeline's state,
 //!   the spec, metrics), written atomically, the last K kept.
 //! - [`trainer`]: the loop over a mixture's stages, its guard rails and its event stream.
+//! - [`report`]: the run's HTML report: loss curves, scores, sample predictions.
+//! - [`run`]: opening a run from a spec and a run folder (fresh, from a Hugging Face folder,
+//!   or resumed), as the CLI and the service do.
 
 pub mod batch;
 pub mod checkpoint;
 pub mod groups;
+pub mod report;
+pub mod run;
 pub mod schedule;
 pub mod trainer;
 
@@ -22,6 +27,8 @@ use std::path::PathBuf;
 pub use batch::{model_input, split_rows};
 pub use checkpoint::{RunState, latest_checkpoint, load_run_checkpoint, save_run_checkpoint};
 pub use groups::{Group, GroupLrs, Groups};
+pub use report::write_report;
+pub use run::{RunSetup, Start, open_run, read_spec};
 pub use schedule::{LrSchedule, linear_warmup};
 pub use trainer::{
     Outcome, StepStats, TrainConfig, TrainEvent, Trainer, config_for_tokenizer, planned_steps,
@@ -38,6 +45,10 @@ pub enum TrainError {
         #[source]
         source: pipeline::PipelineError,
     },
+    #[error("{path}: {message}")]
+    Spec { path: PathBuf, message: String },
+    #[error(transparent)]
+    Tokenizer(#[from] pipeline::text::TokenizerError),
     #[error("invalid training setup: {0}")]
     Config(String),
     #[error("batch does not fit the model: {0}")]

@@ -13,10 +13,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use dfdx::prelude::*;
-use mixtures::{Budget, Mixture, Training};
+use mixtures::{Budget, LossNorm, Mixture, Training};
 use pipeline::Batch;
 use pipeline::mixture::{RunOptions, inspect_sources, stage_of, stage_stream};
 use pipeline::stream::StreamState;
@@ -28,6 +30,7 @@ use super::checkpoint::{FORMAT, RunState, load_run_checkpoint, save_run_checkpoi
 use super::groups::{GroupLrs, Groups};
 use super::{Result, TrainError};
 use crate::config::PaliGemmaConfig;
+use crate::gemma::Dropout;
 use crate::input::ModelInput;
 use crate::layers::{ParamRef, Params};
 use crate::loss::LossOptions;
@@ -43,12 +46,16 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// Checkpoints kept (0: all).
     pub keep_checkpoints: usize,
-    /// The run folder; checkpoints go to `RUN_DIR/checkpoints`. `None`: no checkpoints.
+    /// The run folder: checkpoints go to `RUN_DIR/checkpoints` and one event per step to
+    /// `RUN_DIR/metrics.jsonl`. `None`: neither.
     pub run_dir: Option<PathBuf>,
     /// Stop (with a checkpoint) once the run has done this many steps in all.
     pub stop_after: Option<u64>,
     /// Compute the per-task loss every this many steps (an extra forward pass; 0: never).
     pub task_loss_every: u64,
+    /// Set from elsewhere (Ctrl-C, the service's stop) to stop after the current step, with a
+    /// checkpoint.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl Default for TrainConfig {
@@ -60,6 +67,7 @@ impl Default for TrainConfig {
             run_dir: None,
             stop_after: None,
             task_loss_every: 0,
+            stop: None,
         }
     }
 }
@@ -93,6 +101,10 @@ pub struct TrainEvent {
     pub data_wait: f64,
     /// Wall seconds of the step (waiting included).
     pub step_s: f64,
+    /// Held-out headline score of each task, on steps that evaluate (the spec's
+    /// `eval.every`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub eval: BTreeMap<String, f64>,
 }
 
 /// The numbers of one optimiser step.
@@ -109,7 +121,7 @@ pub struct StepStats {
 pub enum Outcome {
     /// Every stage done.
     Finished { steps: u64 },
-    /// [`TrainConfig::stop_after`] reached.
+    /// [`TrainConfig::stop_after`] reached, or [`TrainConfig::stop`] set.
     Stopped { steps: u64 },
 }
 
@@ -243,6 +255,19 @@ fn accumulate(model: &PaliGemma, acc: &mut Gradients, part: &mut Gradients, scal
     });
 }
 
+/// Scales each example's loss weights to sum to one, so that the weighted mean over tokens
+/// is the mean over examples of each example's mean.
+fn weigh_examples_equally(batch: &Batch, weights: &mut [f32]) {
+    for seg in &batch.segments {
+        let start = seg.row as usize * batch.seq_len + seg.start as usize;
+        let span = &mut weights[start..start + seg.len as usize];
+        let total: f32 = span.iter().sum();
+        if total > 0.0 {
+            span.iter_mut().for_each(|w| *w /= total);
+        }
+    }
+}
+
 /// "task name at shard row group r row i" for each example of the batch (first 20).
 fn origins(batch: &Batch, tasks: &[String]) -> String {
     let mut out: Vec<String> = batch
@@ -348,9 +373,21 @@ impl Trainer {
         &self.mixture
     }
 
+    /// How the pipeline runs (tokenizer, workers).
+    pub fn options(&self) -> &RunOptions {
+        &self.options
+    }
+
     /// The pipeline state after the last batch trained on.
     pub fn stream_state(&self) -> &StreamState {
         &self.stream
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.config
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
     }
 
     fn stage_name(&self, stage: usize) -> String {
@@ -360,9 +397,11 @@ impl Trainer {
             .map_or_else(|| format!("#{stage}"), |s| s.name.clone())
     }
 
-    /// Trains until every stage is done or [`TrainConfig::stop_after`] steps; calls
+    /// Trains until every stage is done, [`TrainConfig::stop_after`] steps, or
+    /// [`TrainConfig::stop`] is set; calls
     /// `on_event` after each step.
     pub fn run(&mut self, on_event: &mut dyn FnMut(&TrainEvent)) -> Result<Outcome> {
+        let mut log = self.open_metrics_log()?;
         loop {
             let stage =
                 stage_of(&self.mixture, &self.stream).map_err(|source| TrainError::Pipeline {
@@ -378,11 +417,6 @@ impl Trainer {
             }
             let name = self.stage_name(stage);
             let training = self.mixture.stages[stage].training();
-            if training.llm_dropout != 0.0 {
-                return Err(TrainError::Config(format!(
-                    "stage {name}: llm_dropout is not implemented yet (set it to 0)"
-                )));
-            }
             let stage_steps = planned_steps(&self.mixture, stage)?;
             let pipeline_err = |source| TrainError::Pipeline {
                 stage: name.clone(),
@@ -425,14 +459,18 @@ impl Trainer {
                     tokens_per_s: tokens as f64 / total.max(1e-9),
                     data_wait: wait / total.max(1e-9),
                     step_s: total,
+                    eval: self.periodic_eval(stage)?,
                 };
+                if let Some((path, file)) = &mut log {
+                    append_event(file, &event).map_err(|e| TrainError::io(&*path, e))?;
+                }
                 on_event(&event);
                 self.metrics.push(event);
                 if self.config.checkpoint_every > 0 && self.step % self.config.checkpoint_every == 0
                 {
                     self.save_checkpoint()?;
                 }
-                if self.config.stop_after.is_some_and(|k| self.step >= k) {
+                if self.config.stop_after.is_some_and(|k| self.step >= k) || self.stop_requested() {
                     drop(stream);
                     self.save_checkpoint()?;
                     return Ok(Outcome::Stopped { steps: self.step });
@@ -459,29 +497,49 @@ impl Trainer {
         training: &Training,
     ) -> Result<(f32, Gradients)> {
         set_resolution(&mut self.model, batch.resolution)?;
-        let input = model_input(batch, &self.model.cfg)?;
+        let mut input = model_input(batch, &self.model.cfg)?;
+        if training.loss_norm == LossNorm::PerExample {
+            weigh_examples_equally(batch, &mut input.loss_weights);
+        }
         let parts = split_rows(&input, self.config.micro_batch_rows, &self.model.cfg);
         let opts = LossOptions {
             label_smoothing: training.label_smoothing as f32,
         };
         let weight = |p: &ModelInput| p.loss_weights.iter().map(|&w| w as f64).sum::<f64>();
         let total_weight: f64 = parts.iter().map(weight).sum();
-        if parts.len() == 1 || total_weight == 0.0 {
-            return Ok(self.model.loss_and_grads(&input, &opts)?);
-        }
-        let mut acc = Gradients::leaky();
-        let mut loss = 0.0f64;
-        for part in &parts {
-            let w = weight(part);
-            if w == 0.0 {
-                continue;
+        // Each micro-batch draws its own dropout masks, all fixed by the step.
+        let (rate, seed) = (
+            training.llm_dropout as f32,
+            self.mixture.seed ^ (self.step << 16),
+        );
+        let dropout = move |part: usize| {
+            (rate > 0.0).then_some(Dropout {
+                rate,
+                seed: seed ^ part as u64,
+            })
+        };
+        let result = (|| -> Result<(f32, Gradients)> {
+            if parts.len() == 1 || total_weight == 0.0 {
+                self.model.language_model.dropout = dropout(0);
+                return Ok(self.model.loss_and_grads(&input, &opts)?);
             }
-            let (l, mut g) = self.model.loss_and_grads(part, &opts)?;
-            let share = w / total_weight;
-            loss += share * l as f64;
-            accumulate(&self.model, &mut acc, &mut g, share as f32);
-        }
-        Ok((loss as f32, acc))
+            let mut acc = Gradients::leaky();
+            let mut loss = 0.0f64;
+            for (i, part) in parts.iter().enumerate() {
+                let w = weight(part);
+                if w == 0.0 {
+                    continue;
+                }
+                self.model.language_model.dropout = dropout(i);
+                let (l, mut g) = self.model.loss_and_grads(part, &opts)?;
+                let share = w / total_weight;
+                loss += share * l as f64;
+                accumulate(&self.model, &mut acc, &mut g, share as f32);
+            }
+            Ok((loss as f32, acc))
+        })();
+        self.model.language_model.dropout = None;
+        result
     }
 
     /// One optimiser step on `batch` with the knobs of a stage of `stage_steps` planned steps
@@ -566,6 +624,50 @@ impl Trainer {
             .collect())
     }
 
+    /// The held-out headline scores, on the steps the spec's `eval.every` asks for.
+    fn periodic_eval(&mut self, stage: usize) -> Result<BTreeMap<String, f64>> {
+        let every = self.mixture.eval.every;
+        if every == 0 || self.step % every != 0 {
+            return Ok(BTreeMap::new());
+        }
+        let report = crate::eval::evaluate(
+            &mut self.model,
+            &self.mixture,
+            &self.options,
+            &crate::eval::EvalOptions {
+                stage,
+                samples_per_task: 0,
+            },
+        )?;
+        Ok(report
+            .tasks
+            .iter()
+            .filter_map(|t| t.headline().map(|(_, v)| (t.task.clone(), *v)))
+            .collect())
+    }
+
+    /// `RUN_DIR/metrics.jsonl` rewritten with the events so far (after a resume, those of the
+    /// checkpoint: later steps are redone), open to append.
+    fn open_metrics_log(&self) -> Result<Option<(PathBuf, std::fs::File)>> {
+        let Some(run_dir) = &self.config.run_dir else {
+            return Ok(None);
+        };
+        let path = run_dir.join(METRICS_FILE);
+        let tmp = run_dir.join(format!("{METRICS_FILE}.tmp"));
+        let mut text = Vec::new();
+        for event in &self.metrics {
+            append_event(&mut text, event).map_err(|e| TrainError::io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+        std::fs::write(&tmp, text).map_err(|e| TrainError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
+        Ok(Some((path, file)))
+    }
+
     /// Writes a checkpoint of the run as it is now (no-op without a run folder).
     pub fn save_checkpoint(&mut self) -> Result<Option<PathBuf>> {
         let Some(run_dir) = &self.config.run_dir else {
@@ -591,6 +693,14 @@ impl Trainer {
         tracing::info!(path = %path.display(), step = self.step, "checkpoint");
         Ok(Some(path))
     }
+}
+
+/// One event per line of `RUN_DIR/metrics.jsonl`.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+fn append_event(out: &mut impl std::io::Write, event: &TrainEvent) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, event)?;
+    out.write_all(b"\n")
 }
 
 fn spec_json(mixture: &Mixture) -> serde_json::Value {

@@ -167,7 +167,7 @@ fn eval_mixture(mixture: &Mixture, task: &str, stage: usize) -> Result<Mixture> 
         .ok_or_else(|| TrainError::Config(format!("eval: no stage {stage}")))?;
     s.name = format!("eval-{task}");
     s.budget = Budget::Examples(u64::from(mixture.eval.examples));
-    s.batch_size = Some(DECODE_ROWS);
+    s.batch_size = Some(DECODE_ROWS.min(mixture.eval.examples.max(1)));
     s.packing = Some(false);
     s.weights = Weights::Explicit([(task.to_string(), 1.0)].into_iter().collect());
     held_out.stages = vec![s];

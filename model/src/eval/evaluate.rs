@@ -9,6 +9,8 @@ use pipeline::stream::StreamState;
 use serde::{Deserialize, Serialize};
 
 use super::metrics::{DetectionScore, cider_d, exact_match, vqa_accuracy};
+use dfdx::tensor::Cache;
+
 use crate::PaliGemma;
 use crate::decode::{BeamOptions, DecodeOptions, Generation, Prompt, beam_search, greedy};
 use crate::train::{Result, TrainError, trainer::set_resolution};
@@ -243,6 +245,7 @@ fn decode_batch(
             },
         )?,
     };
+    model.dev.empty_cache(); // every prompt length leaves buffers of its own sizes
     for (sample, g) in samples.iter_mut().zip(generations) {
         let ids: Vec<u32> = g
             .tokens

@@ -436,6 +436,9 @@ impl Trainer {
                 any = true;
                 let computed = Instant::now();
                 let stats = self.train_batch(&next.batch, &training, stage_steps)?;
+                // dfdx's buffer cache keeps every freed size for reuse and never evicts: batches
+                // of varying shapes would grow it without bound (24 GB in 60 quickstart steps).
+                self.model.dev.empty_cache();
                 let compute = computed.elapsed().as_secs_f64();
                 self.stream = next.state;
                 self.step += 1;

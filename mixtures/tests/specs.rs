@@ -78,17 +78,17 @@ fn quickstart_fits_the_demo_data_and_runs_its_three_stages() {
     let per_stage = |stage| draws.iter().filter(|d| d.stage == stage).count();
     assert_eq!(
         [per_stage(0), per_stage(1), per_stage(2)],
-        [8_192, 2_048, 1_024]
+        [6_400, 768, 256]
     );
-    // Stage 2 is re-weighted toward detection: 3 of 6 parts instead of 2 of 10.
+    // Stage 2 is re-weighted toward detection: 2 of 5 parts instead of 3 of 10.
     let detect_share = |stage| {
         draws
             .iter()
             .filter(|d| d.stage == stage && d.task == detect)
             .count()
     };
-    assert_eq!(detect_share(0), 8_192 / 5);
-    assert_eq!(detect_share(1), 2_048 / 2);
+    assert_eq!(detect_share(0), 6_400 * 3 / 10);
+    assert_eq!(detect_share(1), 768 * 2 / 5);
     assert_eq!(mixture.stages[2].training().lr, 1e-5);
 }
 

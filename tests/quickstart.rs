@@ -2,26 +2,9 @@
 //! steps makes the demo data, trains, evaluates every task on held-out data, writes the run's
 //! report, and ends with one JSON line; `paliforge eval` scores the same run again.
 
-use std::process::Command;
+mod support;
 
-fn paliforge(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_paliforge"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "paliforge {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn last_json_line(out: &std::process::Output) -> serde_json::Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().expect("some output");
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"))
-}
+use support::{last_json_line, paliforge};
 
 #[test]
 fn quickstart_trains_evaluates_and_reports() {

@@ -4,18 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
-fn paliforge(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_paliforge"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "paliforge {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+mod support;
+
+use support::paliforge;
 
 fn losses(run: &Path) -> Vec<(u64, String)> {
     std::fs::read_to_string(run.join("metrics.jsonl"))

@@ -8,23 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../support/mod.rs"]
+mod support;
+pub use support::paliforge;
+
 use service::api::RunView;
 use service::client::Client;
 use service::requests::{RunRequest, SpecInput, StartRequest};
 use service::store::{RunRecord, TrainOptions};
-
-pub fn paliforge(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_paliforge"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "paliforge {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// A temporary folder with demo data (`demo/`), a spec of two stages (`a`: captions and
 /// questions, `b`: questions; batches of 4 at 28 px) and the service's data directory.

@@ -33,6 +33,17 @@ impl TaskScores {
     pub fn headline(&self) -> Option<&(String, f64)> {
         self.metrics.first()
     }
+
+    /// The figures after the headline, as `name value, ...`.
+    pub fn others(&self) -> String {
+        let others: Vec<String> = self
+            .metrics
+            .iter()
+            .skip(1)
+            .map(|(k, v)| format!("{k} {v:.3}"))
+            .collect();
+        others.join(", ")
+    }
 }
 
 /// One held-out example and what the model made of it.
@@ -81,19 +92,13 @@ impl EvalReport {
         );
         for t in &self.tasks {
             let (name, value) = t.headline().cloned().unwrap_or_default();
-            let others: Vec<String> = t
-                .metrics
-                .iter()
-                .skip(1)
-                .map(|(k, v)| format!("{k} {v:.3}"))
-                .collect();
             out.push_str(&format!(
                 "{:<12} {:>8}  {:<14} {:>8.3}  {}\n",
                 t.task,
                 t.examples,
                 name,
                 value,
-                others.join(", ")
+                t.others()
             ));
         }
         out

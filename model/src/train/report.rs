@@ -101,19 +101,13 @@ fn scores_table(eval: &EvalReport) -> String {
     );
     for t in &eval.tasks {
         let (name, value) = t.headline().cloned().unwrap_or_default();
-        let others: Vec<String> = t
-            .metrics
-            .iter()
-            .skip(1)
-            .map(|(k, v)| format!("{} {v:.3}", escape(k)))
-            .collect();
         let _ = write!(
             out,
             "<tr><td>{}</td><td class=num>{}</td><td>{}</td><td class=num><b>{value:.3}</b></td><td>{}</td></tr>",
             escape(&t.task),
             t.examples,
             escape(&name),
-            others.join(", ")
+            escape(&t.others())
         );
     }
     out.push_str("</table>");

@@ -323,6 +323,22 @@ fn first_batches(mixture: &Mixture, tokenizer: &Arc<PaliTokenizer>, n: usize) ->
         .collect()
 }
 
+/// The tiny dataset's first batch and a fresh trainer (keep the folder alive while used).
+fn first_batch_and_trainer() -> (tempfile::TempDir, Mixture, Batch, Trainer) {
+    let data = tempfile::tempdir().unwrap();
+    let tokenizer = dataset(data.path());
+    let mixture = spec(data.path(), TRAIN);
+    let batch = first_batches(&mixture, &tokenizer, 1).remove(0);
+    let trainer = Trainer::new(
+        mixture.clone(),
+        tiny_model(&tokenizer, 28),
+        options(&tokenizer),
+        TrainConfig::default(),
+    )
+    .unwrap();
+    (data, mixture, batch, trainer)
+}
+
 #[test]
 fn freeze_vit_leaves_the_image_encoder_unchanged() {
     let data = tempfile::tempdir().unwrap();
@@ -487,17 +503,7 @@ fn four_micro_batches_give_the_gradient_of_one_batch() {
 
 #[test]
 fn label_smoothing_moves_the_loss_toward_the_mean_log_probability() {
-    let data = tempfile::tempdir().unwrap();
-    let tokenizer = dataset(data.path());
-    let mixture = spec(data.path(), TRAIN);
-    let batch = first_batches(&mixture, &tokenizer, 1).remove(0);
-    let mut t = Trainer::new(
-        mixture.clone(),
-        tiny_model(&tokenizer, 28),
-        options(&tokenizer),
-        TrainConfig::default(),
-    )
-    .unwrap();
+    let (_data, mixture, batch, mut t) = first_batch_and_trainer();
     // a few steps on this batch, so that the target is likelier than the average token
     let mut training = mixture.stages[0].training();
     training.lr = 1e-2;
@@ -542,17 +548,7 @@ fn label_smoothing_moves_the_loss_toward_the_mean_log_probability() {
 
 #[test]
 fn per_example_normalisation_averages_each_examples_mean_loss() {
-    let data = tempfile::tempdir().unwrap();
-    let tokenizer = dataset(data.path());
-    let mixture = spec(data.path(), TRAIN);
-    let batch = first_batches(&mixture, &tokenizer, 1).remove(0);
-    let mut t = Trainer::new(
-        mixture.clone(),
-        tiny_model(&tokenizer, 28),
-        options(&tokenizer),
-        TrainConfig::default(),
-    )
-    .unwrap();
+    let (_data, mixture, batch, mut t) = first_batch_and_trainer();
     let input = model::train::model_input(&batch, &t.model.cfg).unwrap();
     let token_losses = t.model.token_losses(&input).unwrap();
     let mut per_example = Vec::new();
@@ -591,17 +587,7 @@ fn per_example_normalisation_averages_each_examples_mean_loss() {
 
 #[test]
 fn llm_dropout_is_deterministic_per_step_and_only_while_training() {
-    let data = tempfile::tempdir().unwrap();
-    let tokenizer = dataset(data.path());
-    let mixture = spec(data.path(), TRAIN);
-    let batch = first_batches(&mixture, &tokenizer, 1).remove(0);
-    let mut t = Trainer::new(
-        mixture.clone(),
-        tiny_model(&tokenizer, 28),
-        options(&tokenizer),
-        TrainConfig::default(),
-    )
-    .unwrap();
+    let (_data, mixture, batch, mut t) = first_batch_and_trainer();
     let mut training = mixture.stages[0].training();
     let (plain, _) = t.batch_loss_and_grads(&batch, &training).unwrap();
     training.llm_dropout = 0.3;

@@ -32,6 +32,7 @@ fn runs_a_spec_to_completion_with_its_events_checkpoints_and_metrics() {
                     break;
                 }
             }
+            Event::Evaluation { .. } => panic!("the spec holds nothing out: no evaluation"),
         }
     }
     assert_eq!(
@@ -93,6 +94,166 @@ fn runs_a_spec_to_completion_with_its_events_checkpoints_and_metrics() {
         table.contains("finished") && table.contains("10/10"),
         "{table}"
     );
+}
+
+#[test]
+fn evaluations_score_a_runs_checkpoints_on_held_out_data() {
+    let fx = Fixture::with_held_out(24, 16);
+    let serve = Serve::start(&fx, &[]);
+    let id = fx
+        .submit(
+            &serve,
+            TrainOptions {
+                checkpoint_every: 3,
+                ..TrainOptions::default()
+            },
+        )
+        .run
+        .id;
+
+    // The finished run is evaluated by itself; its events say so.
+    let mut evaluation_events = Vec::new();
+    for event in serve.client.events(id).unwrap() {
+        match event.unwrap() {
+            Event::Status { status, error, .. } => assert_ne!(status, Status::Failed, "{error:?}"),
+            Event::Evaluation {
+                evaluation, status, ..
+            } => {
+                evaluation_events.push(status);
+                if status.is_settled() {
+                    assert_eq!(status, Status::Finished);
+                    assert_eq!(serve.client.evaluation(evaluation).unwrap().run, id);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        evaluation_events,
+        [Status::Queued, Status::Running, Status::Finished]
+    );
+    let evaluations = serve.client.evaluations(id).unwrap();
+    let [final_eval] = evaluations.as_slice() else {
+        panic!("one evaluation: {evaluations:?}");
+    };
+    assert_eq!(
+        (final_eval.step, final_eval.stage.as_deref()),
+        (Some(10), Some("b")),
+        "the last checkpoint at the last stage's settings"
+    );
+    let result = final_eval.result.as_ref().unwrap();
+    let tasks: Vec<(&str, usize, &str)> = result
+        .tasks
+        .iter()
+        .map(|t| (t.task.as_str(), t.examples, t.metrics[0].0.as_str()))
+        .collect();
+    assert_eq!(
+        tasks,
+        [("caption", 4, "exact_match"), ("vqa", 4, "exact_match")]
+    );
+    assert!(
+        result
+            .tasks
+            .iter()
+            .all(|t| (0.0..=1.0).contains(&t.metrics[0].1))
+    );
+    assert!(final_eval.dir.join("eval.json").is_file());
+    let sample = &result.samples[0];
+    assert!(!sample.reference.is_empty() && sample.images.len() == 1);
+    let image = reqwest::blocking::get(format!(
+        "{}/v1/evaluations/{}/images/{}",
+        serve.client.base(),
+        final_eval.id,
+        sample.images[0]
+    ))
+    .unwrap();
+    assert_eq!(image.headers()["content-type"], "image/png");
+    assert_eq!(&image.bytes().unwrap()[1..4], b"PNG");
+    let outside = serve.text(&format!(
+        "/v1/evaluations/{}/images/..%2F..%2F..%2Fpaliforge.db",
+        final_eval.id
+    ));
+    assert!(outside.contains("no image"), "{outside}");
+
+    // An earlier checkpoint, fewer examples, from the command line.
+    let out = paliforge(&[
+        "evaluate",
+        &id.to_string(),
+        "--step",
+        "6",
+        "--examples",
+        "3",
+        "--server",
+        serve.client.base(),
+    ]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.contains("(checkpoint 6, stage b)")
+            && table.contains("caption")
+            && table.contains("vqa"),
+        "{table}"
+    );
+    let all = serve.client.evaluations(id).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!((all[1].status, all[1].step), (Status::Finished, Some(6)));
+    assert!(
+        all[1]
+            .result
+            .as_ref()
+            .unwrap()
+            .tasks
+            .iter()
+            .all(|t| t.examples == 3)
+    );
+    let listed = String::from_utf8(
+        paliforge(&["evaluations", "tiny", "--server", serve.client.base()]).stdout,
+    )
+    .unwrap();
+    assert_eq!(listed.matches("exact_match").count(), 4, "{listed}");
+    let metrics = serve.text("/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "paliforge_run_eval_score{{run=\"{id}\",name=\"tiny\",task=\"vqa\",metric=\"exact_match\"}}"
+        )),
+        "{metrics}"
+    );
+
+    // Requests that cannot be met: every problem, with its key.
+    let problems =
+        |request: service::requests::EvalRequest| match serve.client.evaluate(id, &request) {
+            Err(ClientError::Api {
+                status: 422,
+                problems,
+                ..
+            }) => problems
+                .into_iter()
+                .map(|p| (p.key.unwrap_or_default(), p.message))
+                .collect::<Vec<_>>(),
+            other => panic!("expected a 422: {other:?}"),
+        };
+    let bad = problems(service::requests::EvalRequest {
+        step: Some(1),
+        stage: Some("nope".into()),
+        examples: Some(0),
+        ..Default::default()
+    });
+    let keys: Vec<&str> = bad.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["stage", "examples", "step"], "{bad:?}");
+    assert!(
+        bad[2]
+            .1
+            .contains("no checkpoint at step 1 (kept: 6, 9, 10)"),
+        "{bad:?}"
+    );
+    assert!(matches!(
+        serve.client.evaluate(999, &Default::default()),
+        Err(ClientError::Api { status: 404, .. })
+    ));
+    assert!(matches!(
+        serve.client.evaluation(999),
+        Err(ClientError::Api { status: 404, .. })
+    ));
 }
 
 #[test]

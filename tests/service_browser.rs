@@ -1,6 +1,7 @@
 //! The web page in a real browser: headless chromium (Debian's `chromium`, which `.ci/run`
 //! installs) opens a running run's page and is read over the DevTools protocol: the page shows
-//! the run, and its loss chart grows as steps arrive on the event stream.
+//! the run, its loss chart grows as steps arrive on the event stream, and an evaluation asked
+//! for on the page shows its scores and sample predictions.
 
 mod service_support;
 
@@ -145,7 +146,7 @@ fn the_page_shows_a_run_and_its_chart_follows_the_steps() {
         return;
     }
     // Long enough to still be running while the browser watches.
-    let fx = Fixture::new(4000, 16);
+    let fx = Fixture::with_held_out(4000, 16);
     let serve = Serve::start(&fx, &[]);
     let run = fx.submit(&serve, TrainOptions::default());
     let id = run.run.id;
@@ -214,5 +215,29 @@ fn the_page_shows_a_run_and_its_chart_follows_the_steps() {
         "the list to show it stopped",
         &format!("document.querySelector('tr[data-run-id=\"{id}\"]')?.dataset.status"),
         |v| v == "stopped",
+    );
+
+    // The run's page evaluates its newest checkpoint on request and shows the scores and
+    // sample predictions beside their images.
+    browser.eval(&format!("location.hash = 'run={id}'"));
+    browser.until(
+        "the evaluate button",
+        "!!document.getElementById('evaluate')",
+        |v| v == true,
+    );
+    browser.eval("document.getElementById('evaluate').click()");
+    browser.until(
+        "a finished evaluation",
+        "document.querySelector('#evaluations .evaluation')?.dataset.status",
+        |v| v == "finished",
+    );
+    let rows = browser.eval(
+        "[...document.querySelectorAll('#evaluations table.scores tr')].slice(1).map(r => r.cells[0].textContent)",
+    );
+    assert_eq!(rows, serde_json::json!(["caption", "vqa"]));
+    browser.until(
+        "the samples' images to load",
+        "[...document.querySelectorAll('#evaluations .sample img')].filter(i => i.complete && i.naturalWidth === 28).length",
+        |v| v.as_u64().is_some_and(|n| n >= 2),
     );
 }

@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use crate::api::{CheckpointView, MixtureView, RunView};
 use crate::error::{ErrorBody, Problem};
 use crate::events::Event;
-use crate::requests::RunRequest;
-use crate::store::DatasetRecord;
+use crate::requests::{EvalRequest, RunRequest};
+use crate::store::{DatasetRecord, EvaluationRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -174,6 +174,25 @@ impl Client {
 
     pub fn checkpoints(&self, id: i64) -> Result<Vec<CheckpointView>> {
         self.get(&format!("/v1/runs/{id}/checkpoints"))
+    }
+
+    /// Queues an evaluation of one of run `id`'s checkpoints.
+    pub fn evaluate(&self, id: i64, request: &EvalRequest) -> Result<EvaluationRecord> {
+        let body = serde_json::to_string(request).expect("a request always serialises");
+        self.call(
+            Method::POST,
+            &format!("/v1/runs/{id}/evaluations"),
+            Some((body, "application/json")),
+        )
+    }
+
+    /// Run `id`'s evaluations, oldest first.
+    pub fn evaluations(&self, id: i64) -> Result<Vec<EvaluationRecord>> {
+        self.get(&format!("/v1/runs/{id}/evaluations"))
+    }
+
+    pub fn evaluation(&self, id: i64) -> Result<EvaluationRecord> {
+        self.get(&format!("/v1/evaluations/{id}"))
     }
 
     pub fn create_mixture(&self, name: &str, text: &str) -> Result<MixtureView> {

@@ -1,5 +1,5 @@
-//! The per-run event stream: every step, stage change and status change is published on a
-//! hub; a client of `/v1/runs/{id}/events` first gets the run's past steps from its
+//! The per-run event stream: every step, stage change, status change and evaluation status is
+//! published on a hub; a client of `/v1/runs/{id}/events` first gets the run's past steps from its
 //! `metrics.jsonl`, then live events, each step exactly once.
 
 use std::convert::Infallible;
@@ -38,21 +38,32 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// One of the run's evaluations changed status (`GET /v1/evaluations/{evaluation}`).
+    Evaluation {
+        run: i64,
+        evaluation: i64,
+        status: Status,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 impl Event {
     pub fn run(&self) -> i64 {
         match self {
-            Event::Step { run, .. } | Event::Stage { run, .. } | Event::Status { run, .. } => *run,
+            Event::Step { run, .. }
+            | Event::Stage { run, .. }
+            | Event::Status { run, .. }
+            | Event::Evaluation { run, .. } => *run,
         }
     }
 
-    /// The step the event belongs to; status events belong to none.
+    /// The step the event belongs to; status and evaluation events belong to none.
     pub fn step(&self) -> Option<u64> {
         match self {
             Event::Step { event, .. } => Some(event.step),
             Event::Stage { step, .. } => Some(*step),
-            Event::Status { .. } => None,
+            Event::Status { .. } | Event::Evaluation { .. } => None,
         }
     }
 
@@ -61,6 +72,7 @@ impl Event {
             Event::Step { .. } => "step",
             Event::Stage { .. } => "stage",
             Event::Status { .. } => "status",
+            Event::Evaluation { .. } => "evaluation",
         }
     }
 }

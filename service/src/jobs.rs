@@ -1,6 +1,6 @@
 //! Training jobs: a bounded pool (one run at a time by default) runs queued runs through
 //! [`model::train::open_run`] on a blocking thread, publishes their steps, and records how they
-//! end. Stopping is graceful (the trainer checkpoints, then stops); at start-up, runs that were
+//! end (a finished run with held-out data gets evaluated). Stopping is graceful (the trainer checkpoints, then stops); at start-up, runs that were
 //! queued or running continue from their newest checkpoint. Each run has at most one job: the
 //! `active` map guards that within the process, the data directory's lock across processes.
 
@@ -13,7 +13,9 @@ use model::train::{Outcome, RunSetup, Start, TrainConfig, latest_checkpoint, ope
 use tokio::sync::Semaphore;
 
 use crate::error::{Result, ServiceError};
+use crate::evaluations::{Evaluations, has_held_out};
 use crate::events::{Event, Hub, StageTracker};
+use crate::requests::EvalRequest;
 use crate::store::{RunRecord, Status, Store};
 
 /// A run with a job in this process.
@@ -27,6 +29,8 @@ struct Active {
 pub struct Runner {
     store: Arc<Store>,
     hub: Hub,
+    /// Where a finished run's final evaluation goes.
+    evaluations: Arc<Evaluations>,
     slots: Arc<Semaphore>,
     active: Mutex<HashMap<i64, Active>>,
     /// Set at shutdown: stopped jobs stay queued, to continue at the next start.
@@ -36,10 +40,17 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn new(store: Arc<Store>, hub: Hub, training_slots: usize, threads: usize) -> Arc<Self> {
+    pub fn new(
+        store: Arc<Store>,
+        hub: Hub,
+        evaluations: Arc<Evaluations>,
+        training_slots: usize,
+        threads: usize,
+    ) -> Arc<Self> {
         Arc::new(Runner {
             store,
             hub,
+            evaluations,
             slots: Arc::new(Semaphore::new(training_slots.max(1))),
             active: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
@@ -128,6 +139,7 @@ impl Runner {
             Ok(Outcome::Finished { steps }) => {
                 tracing::info!(run = id, steps, "finished");
                 self.set_status(id, Status::Finished, None)
+                    .and_then(|()| self.evaluate_final(id))
             }
             Ok(Outcome::Stopped { steps }) => {
                 tracing::info!(run = id, steps, "stopped");
@@ -191,6 +203,15 @@ impl Runner {
                 ..Default::default()
             },
         })
+    }
+
+    /// A finished run whose spec holds data out gets an evaluation of its final checkpoint.
+    fn evaluate_final(&self, id: i64) -> Result<()> {
+        let run = self.store.run(id)?;
+        if has_held_out(&run) {
+            self.evaluations.submit(&run, EvalRequest::default())?;
+        }
+        Ok(())
     }
 
     /// Asks run `id` to stop: a running one checkpoints after its current step.

@@ -6,7 +6,7 @@
 //! - [`server`]: start-up (bind, data directory lock, restart of interrupted jobs) and shutdown.
 //! - [`api`]: the routes; [`requests`]: the bodies clients send.
 //! - [`store`]: SQLite; [`jobs`]: the training pool; [`datasets`]: preparation jobs;
-//!   [`events`]: the event stream.
+//!   [`evaluations`]: evaluation jobs; [`events`]: the event stream.
 //! - [`specs`]: submitted specs parsed, confined ([`roots`]) and validated.
 //! - [`client`]: the HTTP client.
 
@@ -14,6 +14,7 @@ pub mod api;
 pub mod client;
 pub mod datasets;
 pub mod error;
+pub mod evaluations;
 pub mod events;
 pub mod jobs;
 pub mod lock;
@@ -36,6 +37,7 @@ pub struct Service {
     pub hub: events::Hub,
     pub runner: Arc<jobs::Runner>,
     pub preparer: Arc<datasets::Preparer>,
+    pub evaluations: Arc<evaluations::Evaluations>,
     pub roots: Arc<roots::DataRoots>,
     /// `paliforge.db`, `runs/`, `datasets/`.
     pub data_dir: PathBuf,

@@ -67,3 +67,22 @@ impl Default for StartRequest {
         }
     }
 }
+
+/// `POST /v1/runs/{id}/evaluations`: one of the run's checkpoints scored on its spec's
+/// held-out data (each source's `eval_data`). Unset fields take the spec's `[eval]` settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalRequest {
+    /// The checkpoint's step; default the newest when the evaluation starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<u64>,
+    /// The stage whose resolution and text length to use, by name; default the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// Held-out examples per task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub examples: Option<u32>,
+    /// Beams (1: greedy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beams: Option<u32>,
+}

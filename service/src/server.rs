@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::datasets::Preparer;
 use crate::error::{Result, ServiceError};
+use crate::evaluations::Evaluations;
 use crate::events::Hub;
 use crate::jobs::Runner;
 use crate::lock::DataDirLock;
@@ -93,9 +94,11 @@ impl Server {
         }
         let store = Arc::new(Store::open(&data_dir.join("paliforge.db"))?);
         let hub = Hub::default();
+        let evaluations = Evaluations::new(store.clone(), hub.clone(), config.threads);
         let runner = Runner::new(
             store.clone(),
             hub.clone(),
+            evaluations.clone(),
             config.training_slots,
             config.threads,
         );
@@ -105,6 +108,7 @@ impl Server {
             hub,
             runner,
             preparer,
+            evaluations,
             roots: Arc::new(DataRoots::new(roots)),
             data_dir,
             token: config.token.filter(|t| !t.is_empty()),
@@ -121,6 +125,7 @@ impl Server {
         })?;
         service.runner.recover()?;
         service.preparer.recover()?;
+        service.evaluations.recover()?;
         Ok(Server {
             listener,
             addr,

@@ -37,16 +37,22 @@ fn spec_problem(error: &SpecError) -> Problem {
     }
 }
 
-/// `mixture` with its local data paths made absolute (relative ones against `base`, default
-/// the first data root) and confined to the roots, checked against its sources' columns.
+/// `mixture` with its local data paths (training and held-out) made absolute (relative ones
+/// against `base`, default the first data root) and confined to the roots, checked against its
+/// sources' columns.
 pub fn check(mut mixture: Mixture, base: Option<&Path>, roots: &DataRoots) -> Result<Mixture> {
     let base = base.unwrap_or(roots.base());
     let mut problems = Vec::new();
     for (name, source) in &mut mixture.sources {
-        for (i, entry) in source.data.iter_mut().enumerate() {
-            match roots.confine_data(entry, base, &format!("sources.{name}.data[{i}]")) {
-                Ok(confined) => *entry = confined,
-                Err(problem) => problems.push(problem),
+        for (key, entries) in [
+            ("data", &mut source.data),
+            ("eval_data", &mut source.eval_data),
+        ] {
+            for (i, entry) in entries.iter_mut().enumerate() {
+                match roots.confine_data(entry, base, &format!("sources.{name}.{key}[{i}]")) {
+                    Ok(confined) => *entry = confined,
+                    Err(problem) => problems.push(problem),
+                }
             }
         }
     }

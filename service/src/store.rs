@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use model::eval::TaskScores;
 use model::train::{Start, TrainEvent};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ServiceError};
+use crate::requests::EvalRequest;
 
 /// Where a job is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +134,51 @@ pub struct DatasetRecord {
     pub updated: i64,
 }
 
+impl RunRecord {
+    /// The run's complete checkpoints as `(step, folder)`, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<(u64, PathBuf)>> {
+        model::train::complete_checkpoints(&self.dir.join("checkpoints"))
+            .map_err(|e| ServiceError::Internal(e.to_string()))
+    }
+}
+
+/// An evaluation of one of a run's checkpoints on its spec's held-out data.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvaluationRecord {
+    pub id: i64,
+    pub run: i64,
+    pub status: Status,
+    pub error: Option<String>,
+    pub request: EvalRequest,
+    /// The checkpoint evaluated, once the job has chosen it.
+    pub step: Option<u64>,
+    /// The stage whose resolution and text length were used, once the job has run.
+    pub stage: Option<String>,
+    pub result: Option<EvalResult>,
+    /// `RUN_DIR/evaluations/ID`: `eval.json` and the samples' images.
+    pub dir: PathBuf,
+    pub created: i64,
+    pub updated: i64,
+}
+
+/// Scores per task and sample predictions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalResult {
+    pub tasks: Vec<TaskScores>,
+    pub samples: Vec<SampleView>,
+}
+
+/// A sample prediction; its images are files of the evaluation's folder, served under
+/// `/v1/evaluations/ID/images/NAME`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SampleView {
+    pub task: String,
+    pub prompt: String,
+    pub prediction: String,
+    pub reference: String,
+    pub images: Vec<String>,
+}
+
 /// A new run's fields.
 pub struct NewRun<'a> {
     pub name: &'a str,
@@ -183,6 +230,19 @@ CREATE TABLE IF NOT EXISTS datasets (
     dir TEXT NOT NULL,
     done INTEGER NOT NULL DEFAULT 0,
     total INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL REFERENCES runs (id),
+    status TEXT NOT NULL,
+    error TEXT,
+    request TEXT NOT NULL,
+    step INTEGER,
+    stage TEXT,
+    result TEXT,
+    dir TEXT NOT NULL,
     created INTEGER NOT NULL,
     updated INTEGER NOT NULL
 );
@@ -246,6 +306,23 @@ fn dataset_row(row: &Row) -> rusqlite::Result<DatasetRecord> {
         dir: PathBuf::from(row.get::<_, String>("dir")?),
         done: row.get::<_, i64>("done")? as u64,
         total: row.get::<_, i64>("total")? as u64,
+        created: row.get("created")?,
+        updated: row.get("updated")?,
+    })
+}
+
+fn evaluation_row(row: &Row) -> rusqlite::Result<EvaluationRecord> {
+    let result: Option<String> = row.get("result")?;
+    Ok(EvaluationRecord {
+        id: row.get("id")?,
+        run: row.get("run_id")?,
+        status: Status::parse(&row.get::<_, String>("status")?),
+        error: row.get("error")?,
+        request: json(row, "request")?,
+        step: row.get::<_, Option<i64>>("step")?.map(|s| s as u64),
+        stage: row.get("stage")?,
+        result: result.and_then(|r| serde_json::from_str(&r).ok()),
+        dir: PathBuf::from(row.get::<_, String>("dir")?),
         created: row.get("created")?,
         updated: row.get("updated")?,
     })
@@ -456,6 +533,96 @@ impl Store {
             conn.execute(
                 "UPDATE datasets SET done = ?2, total = ?3, updated = ?4 WHERE id = ?1",
                 params![id, done as i64, total as i64, now()],
+            )
+        })?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Records a queued evaluation of run `run`, in the run's folder.
+    pub fn insert_evaluation(
+        &self,
+        run: &RunRecord,
+        request: &EvalRequest,
+    ) -> Result<EvaluationRecord> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let t = now();
+            tx.execute(
+                "INSERT INTO evaluations (run_id, status, request, dir, created, updated)
+                 VALUES (?1, ?2, ?3, '', ?4, ?4)",
+                params![run.id, Status::Queued.as_str(), to_json(request), t],
+            )?;
+            let id = tx.last_insert_rowid();
+            let dir = run.dir.join("evaluations").join(id.to_string());
+            tx.execute(
+                "UPDATE evaluations SET dir = ?2 WHERE id = ?1",
+                params![id, dir.display().to_string()],
+            )?;
+            let record = tx.query_row(
+                "SELECT * FROM evaluations WHERE id = ?1",
+                [id],
+                evaluation_row,
+            )?;
+            tx.commit()?;
+            Ok(record)
+        })
+    }
+
+    /// Every evaluation, or run `run`'s, oldest first.
+    pub fn evaluations(&self, run: Option<i64>) -> Result<Vec<EvaluationRecord>> {
+        self.with(|conn| {
+            let mut statement = conn
+                .prepare("SELECT * FROM evaluations WHERE ?1 IS NULL OR run_id = ?1 ORDER BY id")?;
+            statement.query_map([run], evaluation_row)?.collect()
+        })
+    }
+
+    pub fn evaluation(&self, id: i64) -> Result<EvaluationRecord> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT * FROM evaluations WHERE id = ?1",
+                [id],
+                evaluation_row,
+            )
+            .optional()
+        })?
+        .ok_or_else(|| ServiceError::not_found("evaluation", id))
+    }
+
+    pub fn set_evaluation_status(
+        &self,
+        id: i64,
+        status: Status,
+        error: Option<&str>,
+    ) -> Result<()> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE evaluations SET status = ?2, error = ?3, updated = ?4 WHERE id = ?1",
+                params![id, status.as_str(), error, now()],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Records what an evaluation is evaluating: the checkpoint's step and the stage.
+    pub fn set_evaluation_target(&self, id: i64, step: u64, stage: &str) -> Result<()> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE evaluations SET step = ?2, stage = ?3, updated = ?4 WHERE id = ?1",
+                params![id, step as i64, stage, now()],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Records a finished evaluation's result.
+    pub fn finish_evaluation(&self, id: i64, result: &EvalResult) -> Result<()> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE evaluations SET status = ?2, error = NULL, result = ?3, updated = ?4 WHERE id = ?1",
+                params![id, Status::Finished.as_str(), to_json(result), now()],
             )
         })?;
         Ok(())

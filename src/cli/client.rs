@@ -29,11 +29,11 @@ pub struct Remote {
     token: Option<String>,
     /// JSON instead of tables, for scripts.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 impl Remote {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::new(&self.server, self.token.clone())?)
     }
 }

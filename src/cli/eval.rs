@@ -2,15 +2,13 @@
 //! and, last, one JSON line.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use pipeline::mixture::{RunOptions, load_tokenizer};
 use serde_json::json;
 
-use ::model::eval::{EvalOptions, evaluate};
-use ::model::train::{latest_checkpoint, read_spec};
+use ::model::eval::{SavedModelEval, evaluate_saved_model};
+use ::model::train::read_spec;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -48,51 +46,26 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(n) = args.beams {
         mixture.eval.beams = n;
     }
-    let stage = match &args.stage {
-        Some(name) => mixture
-            .stages
-            .iter()
-            .position(|s| &s.name == name)
-            .with_context(|| format!("{}: no stage named {name}", args.spec.display()))?,
-        None => mixture.stages.len().saturating_sub(1),
-    };
-    let model_dir = match latest_checkpoint(&args.model.join("checkpoints"))? {
-        Some(newest) => newest,
-        None => args.model.clone(),
-    };
-    let tokenizer = load_tokenizer(args.tokenizer.as_deref(), Some(&args.spec), &mixture)?;
-    let options = RunOptions {
-        threads: args.threads,
-        ..RunOptions::new(Arc::new(tokenizer))
-    };
     ::model::tune_malloc();
-    let dev = ::model::device();
-    let resolution = mixture.stages[stage].resolution() as usize;
-    let mut model = ::model::checkpoint::load_at_resolution(&model_dir, &dev, resolution)
-        .with_context(|| format!("loading {}", model_dir.display()))?;
-    eprintln!("evaluating {}", model_dir.display());
-    let report = evaluate(
-        &mut model,
-        &mixture,
-        &options,
-        &EvalOptions {
-            stage,
-            samples_per_task: 8,
-        },
-    )?;
-    anyhow::ensure!(
-        !report.tasks.is_empty(),
-        "{}: no source has `eval_data`, so there is nothing held out to evaluate on",
-        args.spec.display()
-    );
+    let saved = SavedModelEval {
+        model: args.model,
+        stage: args.stage,
+        tokenizer: args.tokenizer,
+        spec: Some(args.spec),
+        threads: args.threads,
+        samples_per_task: 8,
+    };
+    let evaluated = evaluate_saved_model(&mixture, &saved, &::model::device())?;
+    let report = &evaluated.report;
+    eprintln!("evaluated {}", evaluated.model.display());
     print!("{}", report.table());
     if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+        std::fs::write(out, serde_json::to_string_pretty(report)?)
             .with_context(|| format!("writing {}", out.display()))?;
     }
     println!(
         "{}",
-        json!({ "model": model_dir.display().to_string(), "tasks": report.to_json() })
+        json!({ "model": evaluated.model.display().to_string(), "tasks": report.to_json() })
     );
     Ok(())
 }

@@ -3,6 +3,7 @@
 mod client;
 mod data;
 mod eval;
+mod evaluations;
 mod interrupt;
 mod mixture;
 mod model;
@@ -68,6 +69,10 @@ enum Command {
     Resume(client::RunArgs),
     /// Append stages to a run (continuous pretraining).
     Stages(client::StagesArgs),
+    /// Evaluate one of a run's checkpoints on its held-out data, on the service.
+    Evaluate(evaluations::EvaluateArgs),
+    /// List a run's evaluations on the service, with their scores.
+    Evaluations(evaluations::EvaluationsArgs),
     /// Queue a preparation job on the service (demo data, Parquet or an image folder).
     SubmitData(client::SubmitDataArgs),
     /// List the service's preparation jobs.
@@ -106,6 +111,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop(args) => client::stop(args).map(|()| ExitCode::SUCCESS),
         Command::Resume(args) => client::resume(args).map(|()| ExitCode::SUCCESS),
         Command::Stages(args) => client::stages(args).map(|()| ExitCode::SUCCESS),
+        Command::Evaluate(args) => evaluations::evaluate(args).map(|()| ExitCode::SUCCESS),
+        Command::Evaluations(args) => evaluations::evaluations(args).map(|()| ExitCode::SUCCESS),
         Command::SubmitData(args) => client::submit_data(args).map(|()| ExitCode::SUCCESS),
         Command::Datasets(args) => client::datasets(args).map(|()| ExitCode::SUCCESS),
     }

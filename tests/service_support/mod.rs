@@ -26,6 +26,18 @@ pub struct Fixture {
 impl Fixture {
     /// Stage `a` trains on `a` examples, stage `b` on `b`.
     pub fn new(a: usize, b: usize) -> Fixture {
+        Fixture::make(a, b, "")
+    }
+
+    /// As [`Fixture::new`], with the demo's test split held out for evaluation (4 examples a
+    /// task, 8 new tokens at most).
+    pub fn with_held_out(a: usize, b: usize) -> Fixture {
+        let eval = r#"eval_data = "demo/scenes/test-*.parquet"
+"#;
+        Fixture::make(a, b, eval)
+    }
+
+    fn make(a: usize, b: usize, held_out: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let demo = dir.path().join("demo");
         paliforge(&[
@@ -43,7 +55,7 @@ impl Fixture {
             r#"description = "tiny"
 [sources.scenes]
 data = "demo/scenes/train-*.parquet"
-image_columns = ["image"]
+{held_out}image_columns = ["image"]
 
 [tasks.caption]
 source = "scenes"
@@ -71,6 +83,10 @@ text_len = 48
 batch_size = 4
 budget = {{ examples = {b} }}
 weights = {{ vqa = 1 }}
+
+[eval]
+examples = 4
+max_new_tokens = 8
 "#
         );
         std::fs::write(dir.path().join("spec.toml"), spec).unwrap();

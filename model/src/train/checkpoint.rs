@@ -45,7 +45,9 @@ pub fn step_dir(dir: &Path, step: u64) -> PathBuf {
     dir.join(format!("{PREFIX}{step:08}"))
 }
 
-fn complete_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+/// The complete checkpoints under `dir` (a run's `checkpoints` folder) as `(step, folder)`,
+/// oldest first.
+pub fn complete_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -25,7 +25,9 @@ pub mod trainer;
 use std::path::PathBuf;
 
 pub use batch::{model_input, split_rows};
-pub use checkpoint::{RunState, latest_checkpoint, load_run_checkpoint, save_run_checkpoint};
+pub use checkpoint::{
+    RunState, complete_checkpoints, latest_checkpoint, load_run_checkpoint, save_run_checkpoint,
+};
 pub use groups::{Group, GroupLrs, Groups};
 pub use report::write_report;
 pub use run::{RunSetup, Start, open_run, read_spec};

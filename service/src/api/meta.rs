@@ -84,6 +84,33 @@ pub async fn metrics(State(service): State<AppState>) -> Result<impl IntoRespons
             .map(|r| (labels(r.id, &r.name), r.total_steps as f64))
             .collect(),
     );
+    // Each run's newest finished evaluation: its headline figure per task.
+    let evaluations = service.store.evaluations(None)?;
+    let mut scores = Vec::new();
+    for run in &runs {
+        let newest = evaluations
+            .iter()
+            .rev()
+            .find(|e| e.run == run.id && e.result.is_some());
+        for task in newest
+            .iter()
+            .flat_map(|e| &e.result.as_ref().expect("found").tasks)
+        {
+            if let Some((metric, value)) = task.headline() {
+                let task_labels = format!(
+                    "{},task=\"{}\",metric=\"{metric}\"",
+                    labels(run.id, &run.name),
+                    task.task
+                );
+                scores.push((task_labels, *value));
+            }
+        }
+    }
+    gauge(
+        "paliforge_run_eval_score",
+        "Held-out headline score per task of the run's newest evaluation.",
+        scores,
+    );
     gauge(
         "paliforge_active_jobs",
         "Training jobs running or waiting for a slot in this process.",

@@ -2,6 +2,7 @@
 //! Every route but the page and the OpenAPI document needs the bearer token when one is set.
 
 mod datasets;
+mod evaluations;
 mod meta;
 mod mixtures;
 mod runs;
@@ -39,6 +40,16 @@ pub fn router(service: AppState, body_limit: usize) -> Router {
         .route(
             "/v1/runs/{id}/checkpoints/{checkpoint}/{file}",
             get(runs::checkpoint_file),
+        )
+        .route(
+            "/v1/runs/{id}/evaluations",
+            get(evaluations::of_run).post(evaluations::create),
+        )
+        .route("/v1/evaluations", get(evaluations::list))
+        .route("/v1/evaluations/{id}", get(evaluations::one))
+        .route(
+            "/v1/evaluations/{id}/images/{name}",
+            get(evaluations::image),
         )
         .route("/v1/datasets", get(datasets::list).post(datasets::create))
         .route("/v1/datasets/{id}", get(datasets::one))

@@ -107,13 +107,12 @@ fn resolve_start(service: &AppState, start: StartRequest) -> Result<Start> {
                 .store
                 .run(run)
                 .map_err(|_| invalid("start.checkpoint.run", format!("no run {run}")))?;
-            let found = checkpoint_names(&source.dir)?
+            let found = source
+                .checkpoints()?
                 .into_iter()
                 .rfind(|(s, _)| step.is_none_or(|want| *s == want));
             match found {
-                Some((_, name)) => Ok(Start::Init {
-                    dir: source.dir.join("checkpoints").join(name),
-                }),
+                Some((_, dir)) => Ok(Start::Init { dir }),
                 None => Err(invalid(
                     "start.checkpoint",
                     match step {
@@ -197,34 +196,16 @@ pub struct CheckpointFile {
     pub bytes: u64,
 }
 
-/// `(step, folder name)` of a run's complete checkpoints, oldest first: the trainer renames a
-/// checkpoint to `step-*` only once it is whole.
-fn checkpoint_names(run_dir: &std::path::Path) -> Result<Vec<(u64, String)>> {
-    let dir = run_dir.join("checkpoints");
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(ServiceError::io(dir, e)),
-    };
-    let mut found: Vec<(u64, String)> = entries
-        .filter_map(|entry| {
-            let name = entry.ok()?.file_name().into_string().ok()?;
-            let step = name.strip_prefix("step-")?.parse().ok()?;
-            Some((step, name))
-        })
-        .collect();
-    found.sort();
-    Ok(found)
-}
-
 pub async fn checkpoints(
     State(service): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<CheckpointView>>> {
     let run = service.store.run(parse_id("run", &id)?)?;
     let mut views = Vec::new();
-    for (step, name) in checkpoint_names(&run.dir)? {
-        let dir = run.dir.join("checkpoints").join(&name);
+    for (step, dir) in run.checkpoints()? {
+        let name = dir
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue; // removed meanwhile: the trainer keeps the newest few
         };

@@ -416,7 +416,7 @@ fn bad_specs_unknown_ids_big_bodies_and_tokens_are_refused() {
     let serve = Serve::start(&fx, &["--max-body-mib", "1", "--token", "s3cret"]);
 
     // Every problem, each with its key; paths outside the roots are not read.
-    let bad = "[sources.x]\ndata = \"../../etc/*.parquet\"\n[tasks.t]\nsource = \"y\"\nprefix = \"a\"\nsuffix = \"b\"\n[[stages]]\nname = \"s\"\nresolution = 30\nbudget = { examples = 0 }\nweights = { zz = 1 }\n";
+    let bad = "[sources.x]\ndata = \"../../etc/*.parquet\"\neval_data = \"/etc/*.parquet\"\n[tasks.t]\nsource = \"y\"\nprefix = \"a\"\nsuffix = \"b\"\n[[stages]]\nname = \"s\"\nresolution = 30\nbudget = { examples = 0 }\nweights = { zz = 1 }\n";
     let error = serve.client.create_mixture("bad", bad).unwrap_err();
     let ClientError::Api {
         status, problems, ..
@@ -428,6 +428,7 @@ fn bad_specs_unknown_ids_big_bodies_and_tokens_are_refused() {
     let keys: Vec<_> = problems.iter().filter_map(|p| p.key.clone()).collect();
     for key in [
         "sources.x.data[0]",
+        "sources.x.eval_data[0]",
         "tasks.t.source",
         "stages[0].resolution",
         "stages[0].weights.zz",

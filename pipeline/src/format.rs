@@ -152,6 +152,26 @@ impl Formatter {
         self.text_len
     }
 
+    /// The template (`"prefix"` or `"suffix"`) that writes boxes as loc tokens, if one does: its
+    /// task needs a tokenizer with them.
+    pub fn loc_template(&self) -> Option<&'static str> {
+        let writes_loc = |template: &[Field]| {
+            template.iter().any(|f| {
+                matches!(
+                    f,
+                    Field::Column {
+                        format: Format::Loc | Format::Detections,
+                        ..
+                    }
+                )
+            })
+        };
+        [("prefix", &self.prefix), ("suffix", &self.suffix)]
+            .into_iter()
+            .find(|(_, template)| writes_loc(template))
+            .map(|(which, _)| which)
+    }
+
     /// The example of one record. `images` are its preprocessed images in order; the example's
     /// length is `images.len() * tokens_per_image` plus at most `text_len`.
     pub fn format(
@@ -164,7 +184,8 @@ impl Formatter {
         let prefix = render(&self.prefix, fields, &origin)?;
         let suffix = render(&self.suffix, fields, &origin)?;
         let encode = |text: &str| {
-            tok.encode(text)
+            tok.check_text(text)
+                .and_then(|()| tok.encode(text))
                 .map_err(|e| BadInput::new(Reason::BadTemplateValue, origin.clone(), e.to_string()))
         };
         let (prefix, mut suffix) = (encode(&prefix)?, encode(&suffix)?);

@@ -5,7 +5,7 @@
 //! rounding halves to even as the reference data generator (Python's `round`) and big_vision
 //! (`tf.round`) do; bin `b` reads back as `b / 1023`.
 
-use crate::text::{LOC_TOKENS, loc_token};
+use crate::text::{LOC_TOKENS, TokenFamily, loc_token};
 
 const MAX_BIN: f64 = (LOC_TOKENS - 1) as f64;
 
@@ -86,10 +86,5 @@ fn parse_detection(part: &str) -> Option<Detection> {
 
 /// One `<locNNNN>` at the start of `s`: its bin and what follows.
 fn parse_loc(s: &str) -> Option<(usize, &str)> {
-    let digits = s.strip_prefix("<loc")?.get(..5)?.strip_suffix('>')?;
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let b: usize = digits.parse().ok()?;
-    (b < LOC_TOKENS).then(|| (b, &s[9..]))
+    TokenFamily::Loc.parse_at(s)
 }

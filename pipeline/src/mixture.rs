@@ -13,7 +13,7 @@ use crate::pack::PackConfig;
 use crate::schedule::Schedule;
 use crate::source::{RowFilter, ShardSpec, SourceConfig};
 use crate::stream::{BatchStream, StreamConfig, StreamState, StreamTask};
-use crate::text::{PaliTokenizer, TokenizerError};
+use crate::text::{PaliTokenizer, TokenFamily, TokenizerError};
 
 /// SigLIP's patch: 14 pixels for every released PaliGemma.
 pub const PATCH: usize = 14;
@@ -183,6 +183,13 @@ fn stage_config(
             },
         })
         .map_err(|e| PipelineError::Config(format!("{}: {e}", key("prefix"))))?;
+        if let Some(which) = formatter.loc_template() {
+            let needed_by = format!("its {which} template's boxes");
+            options
+                .tokenizer
+                .require(TokenFamily::Loc, &needed_by)
+                .map_err(|e| PipelineError::Config(format!("{}: {e}", key(which))))?;
+        }
         let filter = task.filter.as_ref().map(|f| RowFilter {
             column: source.column(&f.column).to_string(),
             value: serde_json::to_value(&f.equals).expect("plain data"),

@@ -509,6 +509,17 @@ pub fn train_tokenizer_on(
     extra: &[&str],
     vocab_size: usize,
 ) -> Result<tokenizers::Tokenizer, PipelineError> {
+    let texts = source_texts(sources, extra)?;
+    crate::text::train_tokenizer(texts.iter().map(String::as_str), vocab_size)
+        .map_err(|e| PipelineError::Config(e.to_string()))
+}
+
+/// Every string of every text column of the sources' shards, after `extra`: what a tokenizer
+/// is trained on.
+pub fn source_texts(
+    sources: &[SourceConfig],
+    extra: &[&str],
+) -> Result<Vec<String>, PipelineError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -550,8 +561,7 @@ pub fn train_tokenizer_on(
             Ok::<_, PipelineError>(())
         })?;
     }
-    crate::text::train_tokenizer(texts.iter().map(String::as_str), vocab_size)
-        .map_err(|e| PipelineError::Config(e.to_string()))
+    Ok(texts)
 }
 
 /// Every string inside a value (labels inside lists of structs included).

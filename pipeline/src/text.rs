@@ -1,5 +1,10 @@
 //! The tokenizer: a Hugging Face `tokenizer.json` with PaliGemma's special tokens resolved once,
 //! and a trainer for users who have no tokenizer of their own.
+//!
+//! `<image>`, `<bos>`, `<eos>`, `<pad>` and "\n" are required. The `<loc>` and `<seg>` tokens are
+//! optional, all of a kind or none: a small model's vocabulary (the oracle's 300 ids) cannot hold
+//! 1,152 of them, and only boxes and masks need them; whatever would render or read them asks
+//! for them with [`PaliTokenizer::require`] or [`PaliTokenizer::check_text`].
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -15,11 +20,72 @@ pub const LOC_TOKENS: usize = 1024;
 pub const SEG_TOKENS: usize = 128;
 
 pub fn loc_token(bin: usize) -> String {
-    format!("<loc{bin:04}>")
+    TokenFamily::Loc.token(bin)
 }
 
 pub fn seg_token(code: usize) -> String {
-    format!("<seg{code:03}>")
+    TokenFamily::Seg.token(code)
+}
+
+/// PaliGemma's numbered tokens: a tokenizer has all of a family or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenFamily {
+    /// `<loc0000>`..`<loc1023>`: box and point coordinates.
+    Loc,
+    /// `<seg000>`..`<seg127>`: mask codes.
+    Seg,
+}
+
+impl TokenFamily {
+    fn prefix(self) -> &'static str {
+        match self {
+            TokenFamily::Loc => "<loc",
+            TokenFamily::Seg => "<seg",
+        }
+    }
+
+    fn digits(self) -> usize {
+        match self {
+            TokenFamily::Loc => 4,
+            TokenFamily::Seg => 3,
+        }
+    }
+
+    pub fn count(self) -> usize {
+        match self {
+            TokenFamily::Loc => LOC_TOKENS,
+            TokenFamily::Seg => SEG_TOKENS,
+        }
+    }
+
+    pub fn token(self, i: usize) -> String {
+        format!("{}{i:0width$}>", self.prefix(), width = self.digits())
+    }
+
+    /// The family's token at the start of `s`: its number and what follows.
+    pub fn parse_at(self, s: &str) -> Option<(usize, &str)> {
+        let tail = s.strip_prefix(self.prefix())?;
+        let digits = tail.get(..self.digits())?;
+        let rest = tail[self.digits()..].strip_prefix('>')?;
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let i: usize = digits.parse().ok()?;
+        (i < self.count()).then_some((i, rest))
+    }
+
+    /// The first of the family's tokens written in `text`.
+    pub fn find_in(self, text: &str) -> Option<String> {
+        text.match_indices(self.prefix())
+            .find_map(|(at, _)| self.parse_at(&text[at..]))
+            .map(|(i, _)| self.token(i))
+    }
+}
+
+impl std::fmt::Display for TokenFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..{}", self.token(0), self.token(self.count() - 1))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,10 +93,30 @@ pub enum TokenizerError {
     #[error("cannot load tokenizer {path}: {message}")]
     Load { path: String, message: String },
     #[error(
-        "tokenizer {tokenizer} has no {token:?} token; PaliGemma needs <image>, <bos>, <eos>, <pad>, \
-         <loc0000>..<loc1023> and <seg000>..<seg127> (scripts/make_gemma_tokenizer.sh builds Gemma's)"
+        "tokenizer {tokenizer} has no {token:?} token; PaliGemma needs <image>, <bos>, <eos> and \
+         <pad>, and <loc0000>..<loc1023> and <seg000>..<seg127> for boxes and masks \
+         (scripts/make_gemma_tokenizer.sh builds Gemma's)"
     )]
     MissingToken { tokenizer: String, token: String },
+    #[error(
+        "tokenizer {tokenizer} has {present} of the {family} tokens but not {missing}: a tokenizer \
+         has all of them or none"
+    )]
+    PartialFamily {
+        tokenizer: String,
+        family: TokenFamily,
+        present: usize,
+        missing: String,
+    },
+    #[error(
+        "tokenizer {tokenizer} has no {family} tokens, which {needed_by} needs; use a tokenizer \
+         with PaliGemma's tokens (Gemma's, or `paliforge prepare --train-tokenizer`)"
+    )]
+    NoFamily {
+        tokenizer: String,
+        family: TokenFamily,
+        needed_by: String,
+    },
     #[error(
         "tokenizer {tokenizer}: {text:?} encodes to {ids:?}, expected the single id {expected:?}"
     )]
@@ -64,13 +150,17 @@ pub struct SpecialIds {
     pub sep: u32,
 }
 
-/// A `tokenizers::Tokenizer` known to hold every PaliGemma token as a single token.
+/// A `tokenizers::Tokenizer` known to hold every PaliGemma token it has as a single token.
 #[derive(Debug, Clone)]
 pub struct PaliTokenizer {
     inner: Tokenizer,
+    /// Its file, for errors.
+    name: String,
     special: SpecialIds,
-    loc: Vec<u32>,
-    seg: Vec<u32>,
+    loc: Option<Vec<u32>>,
+    seg: Option<Vec<u32>>,
+    /// One past the largest id.
+    id_bound: usize,
 }
 
 impl PaliTokenizer {
@@ -99,12 +189,23 @@ impl PaliTokenizer {
                     token: token.to_string(),
                 })
         };
-        let loc = (0..LOC_TOKENS)
-            .map(|i| id(&loc_token(i)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let seg = (0..SEG_TOKENS)
-            .map(|i| id(&seg_token(i)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let family = |family: TokenFamily| {
+            let ids: Vec<Option<u32>> = (0..family.count())
+                .map(|i| inner.token_to_id(&family.token(i)))
+                .collect();
+            let present = ids.iter().flatten().count();
+            match ids.iter().position(Option::is_none) {
+                None => Ok(Some(ids.into_iter().flatten().collect::<Vec<_>>())),
+                Some(_) if present == 0 => Ok(None),
+                Some(missing) => Err(TokenizerError::PartialFamily {
+                    tokenizer: name.clone(),
+                    family,
+                    present,
+                    missing: family.token(missing),
+                }),
+            }
+        };
+        let (loc, seg) = (family(TokenFamily::Loc)?, family(TokenFamily::Seg)?);
         let (image, bos, eos, pad) = (id("<image>")?, id("<bos>")?, id("<eos>")?, id("<pad>")?);
 
         // The separator is resolved by encoding, not by name: byte-level vocabularies spell "\n"
@@ -129,8 +230,10 @@ impl PaliTokenizer {
             ("<pad>", pad),
         ]
         .map(|(t, id)| (t.to_string(), id));
-        let locs = loc.iter().enumerate().map(|(i, &id)| (loc_token(i), id));
-        let segs = seg.iter().enumerate().map(|(i, &id)| (seg_token(i), id));
+        let locs = loc.iter().flatten().enumerate();
+        let locs = locs.map(|(i, &id)| (loc_token(i), id));
+        let segs = seg.iter().flatten().enumerate();
+        let segs = segs.map(|(i, &id)| (seg_token(i), id));
         for (text, expected) in named.into_iter().chain(locs).chain(segs) {
             let ids = encode(&text).map_err(tokenizers_error)?;
             if ids != [expected] {
@@ -143,8 +246,15 @@ impl PaliTokenizer {
             }
         }
 
+        let id_bound = inner
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |&max| max as usize + 1);
         Ok(Self {
             inner,
+            name,
+            id_bound,
             special: SpecialIds {
                 image,
                 bos,
@@ -161,18 +271,56 @@ impl PaliTokenizer {
         self.special
     }
 
-    /// Ids of `<loc0000>`..`<loc1023>`, indexed by bin.
-    pub fn loc_ids(&self) -> &[u32] {
-        &self.loc
+    /// The file it was loaded from, or "(in memory)".
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    /// Ids of `<seg000>`..`<seg127>`, indexed by code.
-    pub fn seg_ids(&self) -> &[u32] {
-        &self.seg
+    /// Ids of `<loc0000>`..`<loc1023>`, indexed by bin, if it has them.
+    pub fn loc_ids(&self) -> Option<&[u32]> {
+        self.family_ids(TokenFamily::Loc)
     }
 
+    /// Ids of `<seg000>`..`<seg127>`, indexed by code, if it has them.
+    pub fn seg_ids(&self) -> Option<&[u32]> {
+        self.family_ids(TokenFamily::Seg)
+    }
+
+    /// The ids of `family`, if it has them.
+    pub fn family_ids(&self, family: TokenFamily) -> Option<&[u32]> {
+        match family {
+            TokenFamily::Loc => self.loc.as_deref(),
+            TokenFamily::Seg => self.seg.as_deref(),
+        }
+    }
+
+    /// The ids of `family`, or an error naming this tokenizer and `needed_by` (what asked).
+    pub fn require(&self, family: TokenFamily, needed_by: &str) -> Result<&[u32], TokenizerError> {
+        self.family_ids(family)
+            .ok_or_else(|| TokenizerError::NoFamily {
+                tokenizer: self.name.clone(),
+                family,
+                needed_by: needed_by.to_string(),
+            })
+    }
+
+    /// Checks that `text` writes no `<loc>` or `<seg>` token this tokenizer lacks: it would be
+    /// split into pieces (or `<unk>`) and train on garbage. Free when it has both families.
+    pub fn check_text(&self, text: &str) -> Result<(), TokenizerError> {
+        for family in [TokenFamily::Loc, TokenFamily::Seg] {
+            if self.family_ids(family).is_none()
+                && let Some(token) = family.find_in(text)
+            {
+                self.require(family, &format!("the text {token:?}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ids run from 0 to `vocab_size() - 1` (one past the largest id, gaps included): a model
+    /// needs this many embeddings.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.id_bound
     }
 
     pub fn inner(&self) -> &Tokenizer {

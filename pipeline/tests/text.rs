@@ -3,7 +3,9 @@
 
 use std::sync::OnceLock;
 
-use pipeline::text::{PaliTokenizer, TokenizerError, add_paligemma_tokens, train_tokenizer};
+use pipeline::text::{
+    PaliTokenizer, TokenFamily, TokenizerError, add_paligemma_tokens, train_tokenizer,
+};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
@@ -55,14 +57,14 @@ fn trained_tokenizer_has_gemma_special_ids() {
     assert!(ids.sep > 2);
 
     // <loc>, <seg>, <image> follow the trained vocabulary, in Gemma's order.
-    let base = tok.loc_ids()[0];
+    let base = tok.loc_ids().unwrap()[0];
     assert!(
         base <= 400,
         "the BPE part holds at most vocab_size ids: {base}"
     );
-    assert_eq!(tok.loc_ids(), (base..base + 1024).collect::<Vec<_>>());
+    assert_eq!(tok.loc_ids().unwrap(), (base..base + 1024).collect::<Vec<_>>());
     assert_eq!(
-        tok.seg_ids(),
+        tok.seg_ids().unwrap(),
         (base + 1024..base + 1152).collect::<Vec<_>>()
     );
     assert_eq!(ids.image, base + 1152);
@@ -72,12 +74,12 @@ fn trained_tokenizer_has_gemma_special_ids() {
 #[test]
 fn paligemma_tokens_stay_single_tokens() {
     let tok = pali();
-    let loc = tok.loc_ids();
+    let loc = tok.loc_ids().unwrap();
     assert_eq!(
         tok.encode("<loc0123><loc0456>").unwrap(),
         [loc[123], loc[456]]
     );
-    let seg = tok.seg_ids();
+    let seg = tok.seg_ids().unwrap();
     assert_eq!(
         tok.encode("<seg000><seg127><seg042>").unwrap(),
         [seg[0], seg[127], seg[42]]
@@ -180,22 +182,41 @@ fn load_errors_name_the_file_and_the_token() {
     let err = PaliTokenizer::from_file(&garbled).unwrap_err();
     assert!(err.to_string().contains("garbled.json"), "{err}");
 
-    for token in ["<loc0500>", "<seg127>", "<image>"] {
-        let path = dir.path().join("partial.json");
+    let path = dir.path().join("partial.json");
+    std::fs::write(&path, without_token("<image>")).unwrap();
+    let err = PaliTokenizer::from_file(&path).unwrap_err();
+    let TokenizerError::MissingToken { tokenizer, token } = &err else {
+        panic!("<image>: {err}");
+    };
+    assert_eq!(
+        (tokenizer.as_str(), token.as_str()),
+        (path.to_str().unwrap(), "<image>")
+    );
+    assert!(err.to_string().contains("partial.json"), "{err}");
+    // Loc and seg tokens are optional, but all or none: some missing is a broken tokenizer.
+    for (token, family, count) in [
+        ("<loc0500>", TokenFamily::Loc, 1024),
+        ("<seg127>", TokenFamily::Seg, 128),
+    ] {
         std::fs::write(&path, without_token(token)).unwrap();
         let err = PaliTokenizer::from_file(&path).unwrap_err();
-        let TokenizerError::MissingToken {
+        let TokenizerError::PartialFamily {
             tokenizer,
-            token: named,
+            family: named,
+            present,
+            missing,
         } = &err
         else {
             panic!("{token}: {err}");
         };
         assert_eq!(
-            (tokenizer.as_str(), named.as_str()),
-            (path.to_str().unwrap(), token)
+            (tokenizer.as_str(), *named, *present, missing.as_str()),
+            (path.to_str().unwrap(), family, count - 1, token)
         );
-        assert!(err.to_string().contains("partial.json") && err.to_string().contains(token));
+        assert!(
+            err.to_string().contains("partial.json") && err.to_string().contains(token),
+            "{err}"
+        );
     }
     // Trained specials stay in the BPE vocabulary; without their added-token entry the
     // pre-tokenizer splits them, and loading says so.

@@ -37,8 +37,8 @@ fn special_ids_match_paligemma() {
         (ids.pad, ids.eos, ids.bos, ids.sep, ids.image),
         (0, 1, 2, 108, 257152)
     );
-    assert_eq!(tok.loc_ids(), (256000..257024).collect::<Vec<_>>());
-    assert_eq!(tok.seg_ids(), (257024..257152).collect::<Vec<_>>());
+    assert_eq!(tok.loc_ids().unwrap(), (256000..257024).collect::<Vec<_>>());
+    assert_eq!(tok.seg_ids().unwrap(), (257024..257152).collect::<Vec<_>>());
     assert_eq!(tok.vocab_size(), 257153);
     assert_eq!(tok.encode("<loc0123><loc0456>").unwrap(), [256123, 256456]);
 }

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use pipeline::demo::{DemoConfig, DemoImageFormat};
-use pipeline::prepare::{PrepareConfig, PrepareInput, prepare, train_tokenizer_on};
+use pipeline::prepare::{PrepareConfig, PrepareInput, prepare, source_texts, train_tokenizer_on};
 use pipeline::source::SourceConfig;
+use pipeline::word_tokenizer::word_tokenizer;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -27,6 +28,27 @@ pub struct DemoArgs {
     /// Write PNG instead of JPEG.
     #[arg(long)]
     png: bool,
+    /// Write a word-level tokenizer of exactly this many ids (<pad> 0, <eos> 1, <bos> 2,
+    /// <image> last, no <loc>/<seg> tokens) instead of the BPE: for fine-tuning a model with a
+    /// small vocabulary, such as the 300-id test model.
+    #[arg(long, value_name = "IDS")]
+    word_tokenizer: Option<usize>,
+}
+
+/// Which tokenizer to train on a dataset's text.
+#[derive(Clone, Copy, Debug)]
+pub enum TokenizerKind {
+    /// Byte-level BPE of this many base tokens, plus PaliGemma's tokens.
+    Bpe(usize),
+    /// Word-level, exactly this many ids (`pipeline::word_tokenizer`).
+    Words(usize),
+}
+
+impl Default for TokenizerKind {
+    /// The demo's: enough BPE merges for its words.
+    fn default() -> Self {
+        TokenizerKind::Bpe(1024)
+    }
 }
 
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
@@ -44,7 +66,11 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         },
         ..DemoConfig::default()
     };
-    let manifests = make_demo(&args.out, &config)?;
+    let tokenizer = match args.word_tokenizer {
+        Some(ids) => TokenizerKind::Words(ids),
+        None => TokenizerKind::default(),
+    };
+    let manifests = make_demo(&args.out, &config, tokenizer)?;
     println!(
         "{}: {} scene rows and {} pair rows (train and test), tokenizer {}",
         args.out.display(),
@@ -59,6 +85,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
 pub fn make_demo(
     out: &std::path::Path,
     config: &DemoConfig,
+    tokenizer: TokenizerKind,
 ) -> anyhow::Result<pipeline::demo::DemoManifests> {
     let manifests = pipeline::demo::generate(out, config)?;
     let train = |dir: &str, image: &str| SourceConfig {
@@ -68,7 +95,7 @@ pub fn make_demo(
     write_tokenizer(
         &[train("scenes", "image"), train("pairs", "images")],
         &out.join("tokenizer.json"),
-        1024,
+        tokenizer,
     )?;
     Ok(manifests)
 }
@@ -85,9 +112,15 @@ const TEMPLATE_WORDS: [&str; 5] = [
 fn write_tokenizer(
     sources: &[SourceConfig],
     out: &std::path::Path,
-    vocab: usize,
+    kind: TokenizerKind,
 ) -> anyhow::Result<()> {
-    let tokenizer = train_tokenizer_on(sources, &TEMPLATE_WORDS, vocab)?;
+    let tokenizer = match kind {
+        TokenizerKind::Bpe(vocab) => train_tokenizer_on(sources, &TEMPLATE_WORDS, vocab)?,
+        TokenizerKind::Words(ids) => {
+            let texts = source_texts(sources, &TEMPLATE_WORDS)?;
+            word_tokenizer(texts.iter().map(String::as_str), ids)?
+        }
+    };
     tokenizer
         .save(out, false)
         .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
@@ -182,7 +215,8 @@ pub fn prepare_command(args: PrepareArgs) -> anyhow::Result<()> {
                 .display()
                 .to_string()])
         };
-        write_tokenizer(&[shards], &path, vocab).context("training the tokenizer")?;
+        write_tokenizer(&[shards], &path, TokenizerKind::Bpe(vocab))
+            .context("training the tokenizer")?;
         println!("tokenizer: {}", path.display());
     }
     Ok(())

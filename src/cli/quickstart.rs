@@ -8,6 +8,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use pipeline::demo::DemoConfig;
+
+use super::data::TokenizerKind;
 use serde_json::json;
 
 use ::model::eval::{EvalOptions, evaluate};
@@ -40,7 +42,7 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let demo = args.out.join("demo");
     if !demo.join("tokenizer.json").is_file() {
         eprintln!("making the demo dataset in {}", demo.display());
-        super::data::make_demo(&demo, &DemoConfig::default())?;
+        super::data::make_demo(&demo, &DemoConfig::default(), TokenizerKind::default())?;
     }
     let spec = args.out.join("spec.toml");
     std::fs::write(&spec, SPEC).with_context(|| format!("writing {}", spec.display()))?;

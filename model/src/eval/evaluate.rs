@@ -6,6 +6,7 @@ use mixtures::{Budget, Evaluator, Mixture, Weights};
 use pipeline::Batch;
 use pipeline::mixture::{RunOptions, stage_stream};
 use pipeline::stream::StreamState;
+use pipeline::text::TokenFamily;
 use serde::{Deserialize, Serialize};
 
 use super::metrics::{DetectionScore, cider_d, exact_match, vqa_accuracy};
@@ -13,7 +14,8 @@ use dfdx::tensor::Cache;
 
 use crate::PaliGemma;
 use crate::decode::{BeamOptions, DecodeOptions, Generation, Prompt, beam_search, greedy};
-use crate::train::{Result, TrainError, trainer::set_resolution};
+use crate::train::trainer::{check_tokenizer, set_resolution};
+use crate::train::{Result, TrainError};
 
 /// Prompts decoded together.
 const DECODE_ROWS: u32 = 16;
@@ -120,10 +122,15 @@ pub fn evaluate(
     options: &RunOptions,
     eval: &EvalOptions,
 ) -> Result<EvalReport> {
+    check_tokenizer(&model.cfg, &options.tokenizer, "the evaluated model")?;
     let mut report = EvalReport::default();
     for (name, task) in &mixture.tasks {
         if mixture.sources[&task.source].eval_data.is_empty() {
             continue;
+        }
+        if task.evaluator == Evaluator::DetectionIou {
+            let needed_by = format!("task {name}'s detection_iou evaluator (boxes are loc tokens)");
+            options.tokenizer.require(TokenFamily::Loc, &needed_by)?;
         }
         let held_out = eval_mixture(mixture, name, eval.stage)?;
         let mut examples = Vec::new();

@@ -11,7 +11,7 @@ use pipeline::mixture::{RunOptions, inspect_sources, load_tokenizer};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::latest_checkpoint;
-use super::trainer::{TrainConfig, Trainer, config_for_tokenizer};
+use super::trainer::{TrainConfig, Trainer, check_tokenizer, config_for_tokenizer};
 use super::{Result, TrainError};
 use crate::{Dev, PaliGemma, PaliGemmaConfig};
 
@@ -101,6 +101,7 @@ pub fn open_run(setup: RunSetup, dev: &Dev) -> Result<Trainer> {
         (Start::Init { dir }, None) => {
             let model =
                 crate::checkpoint::load_at_resolution(dir, dev, first_resolution(&mixture)?)?;
+            check_tokenizer(&model.cfg, &tokenizer, &format!("model {}", dir.display()))?;
             Trainer::new(mixture, model, options, train)?
         }
     };

@@ -139,23 +139,32 @@ pub fn config_for_tokenizer(
     cfg
 }
 
-/// Checks that batches made with `tokenizer` fit a model of `cfg`.
-pub fn check_tokenizer(cfg: &PaliGemmaConfig, tokenizer: &PaliTokenizer) -> Result<()> {
-    let s = tokenizer.special();
-    if tokenizer.vocab_size() > cfg.text.vocab_size {
+/// Checks that batches made with `tokenizer` fit `model` (described for errors: "model DIR",
+/// "checkpoint DIR", "the model"), a model of `cfg`: every id has an embedding (an id past the vocabulary would
+/// index out of bounds), and `<bos>`, `<eos>` and `<image>` are the model's.
+pub fn check_tokenizer(
+    cfg: &PaliGemmaConfig,
+    tokenizer: &PaliTokenizer,
+    model: &str,
+) -> Result<()> {
+    let (ids, vocab) = (tokenizer.vocab_size(), cfg.text.vocab_size);
+    if ids > vocab {
         return Err(TrainError::Config(format!(
-            "the tokenizer has {} tokens but the model's vocabulary only {}",
-            tokenizer.vocab_size(),
-            cfg.text.vocab_size
+            "tokenizer {} has {ids} ids but {model} has a vocabulary of {vocab}: use the \
+             tokenizer the model was trained with, or one whose ids fit it",
+            tokenizer.name()
         )));
     }
-    for (name, tok, model) in [
+    let s = tokenizer.special();
+    for (name, tok, theirs) in [
         ("<bos>", s.bos, cfg.bos_token_id),
         ("<eos>", s.eos, cfg.eos_token_id),
+        ("<image>", s.image, cfg.image_token_id),
     ] {
-        if tok != model {
+        if tok != theirs {
             return Err(TrainError::Config(format!(
-                "the tokenizer's {name} is {tok}, the model's {model}"
+                "tokenizer {} has {name} {tok} but {model} has {theirs}",
+                tokenizer.name()
             )));
         }
     }
@@ -314,7 +323,7 @@ impl Trainer {
         options: RunOptions,
         config: TrainConfig,
     ) -> Result<Self> {
-        check_tokenizer(&model.cfg, &options.tokenizer)?;
+        check_tokenizer(&model.cfg, &options.tokenizer, "the model")?;
         let task_names = mixtures::Sampler::new(&mixture)
             .map_err(|e| TrainError::Config(e.to_string()))?
             .task_names()
@@ -345,6 +354,8 @@ impl Trainer {
         dev: &Dev,
     ) -> Result<Self> {
         let (model, groups, state) = load_run_checkpoint(checkpoint, dev)?;
+        let what = format!("checkpoint {}", checkpoint.display());
+        check_tokenizer(&model.cfg, &options.tokenizer, &what)?;
         if state.spec != spec_json(&mixture) {
             tracing::warn!(checkpoint = %checkpoint.display(), "the spec differs from the one the run started with");
         }

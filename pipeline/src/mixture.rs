@@ -184,7 +184,12 @@ fn stage_config(
         })
         .map_err(|e| PipelineError::Config(format!("{}: {e}", key("prefix"))))?;
         if let Some(which) = formatter.loc_template() {
-            let needed_by = format!("its {which} template's boxes");
+            let template = if which == "prefix" {
+                &task.prefix
+            } else {
+                &task.suffix
+            };
+            let needed_by = format!("the template {template:?} writes boxes with them");
             options
                 .tokenizer
                 .require(TokenFamily::Loc, &needed_by)

@@ -109,8 +109,8 @@ pub enum TokenizerError {
         missing: String,
     },
     #[error(
-        "tokenizer {tokenizer} has no {family} tokens, which {needed_by} needs; use a tokenizer \
-         with PaliGemma's tokens (Gemma's, or `paliforge prepare --train-tokenizer`)"
+        "tokenizer {tokenizer} has no {family} tokens, but {needed_by}; use a tokenizer with \
+         PaliGemma's tokens (Gemma's, or `paliforge prepare --train-tokenizer`)"
     )]
     NoFamily {
         tokenizer: String,
@@ -294,7 +294,8 @@ impl PaliTokenizer {
         }
     }
 
-    /// The ids of `family`, or an error naming this tokenizer and `needed_by` (what asked).
+    /// The ids of `family`, or an error naming this tokenizer and saying what needs them
+    /// (`needed_by`, a clause: "the text has <loc0100>").
     pub fn require(&self, family: TokenFamily, needed_by: &str) -> Result<&[u32], TokenizerError> {
         self.family_ids(family)
             .ok_or_else(|| TokenizerError::NoFamily {
@@ -311,7 +312,7 @@ impl PaliTokenizer {
             if self.family_ids(family).is_none()
                 && let Some(token) = family.find_in(text)
             {
-                self.require(family, &format!("the text {token:?}"))?;
+                self.require(family, &format!("the text has {token}"))?;
             }
         }
         Ok(())

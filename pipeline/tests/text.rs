@@ -62,7 +62,10 @@ fn trained_tokenizer_has_gemma_special_ids() {
         base <= 400,
         "the BPE part holds at most vocab_size ids: {base}"
     );
-    assert_eq!(tok.loc_ids().unwrap(), (base..base + 1024).collect::<Vec<_>>());
+    assert_eq!(
+        tok.loc_ids().unwrap(),
+        (base..base + 1024).collect::<Vec<_>>()
+    );
     assert_eq!(
         tok.seg_ids().unwrap(),
         (base + 1024..base + 1152).collect::<Vec<_>>()

@@ -129,7 +129,7 @@ pub fn evaluate(
             continue;
         }
         if task.evaluator == Evaluator::DetectionIou {
-            let needed_by = format!("task {name}'s detection_iou evaluator (boxes are loc tokens)");
+            let needed_by = format!("task {name}'s detection_iou evaluator reads boxes from them");
             options.tokenizer.require(TokenFamily::Loc, &needed_by)?;
         }
         let held_out = eval_mixture(mixture, name, eval.stage)?;

@@ -380,6 +380,9 @@ impl PaliGemmaConfig {
                 "bos_token_id": self.bos_token_id,
                 "eos_token_id": self.eos_token_id,
                 "tie_word_embeddings": true,
+                // transformers 5 reads the prefix's full attention from this (PaliGemmaConfig
+                // sets it when absent); written so the file says so, as transformers' own does.
+                "use_bidirectional_attention": true,
             },
             "vision_config": {
                 "model_type": "siglip_vision_model",

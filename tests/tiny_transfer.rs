@@ -67,36 +67,38 @@ fn json_line(line: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap()
 }
 
-#[test]
-fn the_tiny_hugging_face_model_fine_tunes_and_loads_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let spec = d.join("tiny_transfer.toml");
+/// The shipped spec, copied into `dir` (its data paths are relative to it: `dir/demo`).
+fn spec_in(dir: &Path) -> String {
+    let spec = dir.join("tiny_transfer.toml");
     let shipped = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/mixtures/specs/tiny_transfer.toml"
     );
     std::fs::copy(shipped, &spec).unwrap();
+    spec.to_str().unwrap().to_string()
+}
+
+/// `paliforge demo-data` of `rows` single-image rows at the model's 56 px into `out`.
+fn demo_data(out: &Path, rows: &str, extra: &[&str]) {
+    let mut args = vec!["demo-data", "--out", out.to_str().unwrap(), "--rows", rows];
+    args.extend(["--pair-rows", "1", "--image-size", "56"]);
+    args.extend(extra);
+    paliforge(&args);
+}
+
+#[test]
+fn the_tiny_hugging_face_model_fine_tunes_and_loads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = spec_in(d);
     let demo = d.join("demo");
+    demo_data(&demo, "200", &["--word-tokenizer", "300"]);
     let arg = |p: &Path| p.to_str().unwrap().to_string();
-    paliforge(&[
-        "demo-data",
-        "--out",
-        &arg(&demo),
-        "--rows",
-        "200",
-        "--pair-rows",
-        "10",
-        "--image-size",
-        "56",
-        "--word-tokenizer",
-        "300",
-    ]);
     let tokenizer = arg(&demo.join("tokenizer.json"));
     let run = d.join("run");
     let out = paliforge(&[
         "train",
-        &arg(&spec),
+        &spec,
         "--out",
         &arg(&run),
         "--init",
@@ -157,7 +159,7 @@ fn the_tiny_hugging_face_model_fine_tunes_and_loads_back() {
     let report = d.join("eval.json");
     let out = paliforge(&[
         "eval",
-        &arg(&spec),
+        &spec,
         "--model",
         &arg(&hf),
         "--tokenizer",
@@ -205,23 +207,13 @@ fn contains_all(text: &str, parts: &[&str]) {
 fn tokenizers_that_do_not_fit_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let spec = d.join("tiny_transfer.toml");
-    let shipped = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/mixtures/specs/tiny_transfer.toml"
-    );
-    std::fs::copy(shipped, &spec).unwrap();
-    let (spec, run) = (spec.to_str().unwrap(), d.join("run"));
+    let spec = spec_in(d);
+    let spec = spec.as_str();
+    let run = d.join("run");
     let run = run.to_str().unwrap();
     // The demo's own tokenizer: BPE with PaliGemma's 1,153 tokens, far past 300 ids.
     let bpe = d.join("demo");
-    let demo = |out: &Path, extra: &[&str]| {
-        let mut args = vec!["demo-data", "--out", out.to_str().unwrap()];
-        args.extend(["--rows", "20", "--pair-rows", "1", "--image-size", "56"]);
-        args.extend(extra);
-        paliforge(&args);
-    };
-    demo(&bpe, &[]);
+    demo_data(&bpe, "20", &[]);
     let stderr = fails(&["train", spec, "--out", run, "--init", MODEL]);
     let tokenizer = format!("tokenizer {}", bpe.join("tokenizer.json").display());
     contains_all(
@@ -231,7 +223,7 @@ fn tokenizers_that_do_not_fit_are_refused_by_name() {
 
     // The word-level one fits, but has no loc tokens: no boxes to train on or to score.
     let words = d.join("words");
-    demo(&words, &["--word-tokenizer", "300"]);
+    demo_data(&words, "20", &["--word-tokenizer", "300"]);
     let words_tokenizer = words.join("tokenizer.json");
     let detect = d.join("detect.toml");
     let detect_spec = std::fs::read_to_string(spec)

@@ -96,6 +96,79 @@ fn runs_a_spec_to_completion_with_its_events_checkpoints_and_metrics() {
     );
 }
 
+/// The shipped quickstart spec, as a user submits it, with the tiny model: every stage to the
+/// end, watched from the command line, then evaluated by itself on every task.
+#[test]
+fn the_quickstart_spec_runs_to_completion_and_is_evaluated() {
+    let fx = Fixture::new(4, 4);
+    let demo = fx.root().join("quickstart-demo");
+    paliforge(&[
+        "demo-data",
+        "--out",
+        demo.join("demo").to_str().unwrap(),
+        "--rows",
+        "200",
+        "--pair-rows",
+        "50",
+        "--image-size",
+        "112",
+    ]);
+    let spec = demo.join("quickstart.toml");
+    let shipped = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/mixtures/specs/quickstart.toml"
+    );
+    std::fs::copy(shipped, &spec).unwrap();
+    let serve = Serve::start(&fx, &[]);
+    let out = paliforge(&[
+        "submit",
+        spec.to_str().unwrap(),
+        "--config",
+        "tiny",
+        "--name",
+        "quickstart",
+        "--watch",
+        "--server",
+        serve.client.base(),
+    ]);
+    assert!(out.status.success());
+    let run = serve.client.runs().unwrap().pop().unwrap().run;
+    assert_eq!(run.status, Status::Finished);
+    assert_eq!(run.last.as_ref().map(|e| e.step), Some(run.total_steps));
+    let stages: Vec<String> = run.spec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stages, ["pretrain", "hires", "transfer-vqa"]);
+
+    let started = std::time::Instant::now();
+    let evaluation = loop {
+        let evaluations = serve.client.evaluations(run.id).unwrap();
+        if let Some(e) = evaluations.first().filter(|e| e.status.is_settled()) {
+            break e.clone();
+        }
+        assert!(started.elapsed().as_secs() < 120, "{evaluations:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(
+        evaluation.status,
+        Status::Finished,
+        "{:?}",
+        evaluation.error
+    );
+    let tasks: Vec<&str> = evaluation
+        .result
+        .as_ref()
+        .unwrap()
+        .tasks
+        .iter()
+        .map(|t| t.task.as_str())
+        .collect();
+    assert_eq!(tasks, ["caption", "compare", "detect", "vqa"]);
+}
+
 #[test]
 fn evaluations_score_a_runs_checkpoints_on_held_out_data() {
     let fx = Fixture::with_held_out(24, 16);

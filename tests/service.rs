@@ -435,6 +435,73 @@ fn serve_steps_on_disk(fx: &Fixture, id: i64) -> u64 {
 }
 
 #[test]
+fn a_run_writes_to_the_folder_it_is_given_and_no_other_run_shares_it() {
+    let fx = Fixture::new(4000, 16);
+    let serve = Serve::start(&fx, &[]);
+    // A long run holds the one training slot, so the next ones wait in the queue.
+    let long = fx.submit(&serve, TrainOptions::default()).run.id;
+    let chosen = fx.root().join("chosen");
+    let short_spec = std::fs::read_to_string(fx.spec())
+        .unwrap()
+        .replace("examples = 4000", "examples = 24");
+    let request = |out: &std::path::Path| RunRequest {
+        spec: Some(SpecInput::Text(short_spec.clone())),
+        base: Some(fx.root().to_path_buf()),
+        start: StartRequest::Fresh {
+            config: "tiny".into(),
+        },
+        out: Some(out.to_path_buf()),
+        ..RunRequest::default()
+    };
+    let queued = serve.client.submit(&request(&chosen)).unwrap().run;
+    assert_eq!(queued.dir, chosen);
+    let refused = |out: &std::path::Path| match serve.client.submit(&request(out)) {
+        Err(ClientError::Api {
+            status,
+            message,
+            problems,
+            ..
+        }) => (status, problems.first().map_or(message, |p| format!("{p}"))),
+        other => panic!("{out:?} accepted: {other:?}"),
+    };
+    let (status, message) = refused(&chosen);
+    assert_eq!(status, 409);
+    assert!(
+        message.contains(&format!("run {} has the folder", queued.id)),
+        "{message}"
+    );
+    for (out, expected) in [
+        (
+            std::path::PathBuf::from("/etc/paliforge-run"),
+            "outside the data roots",
+        ),
+        (
+            fx.data_dir().join("runs").join("99"),
+            "the service's own run folders",
+        ),
+        (fx.root().join("demo"), "exists and is not empty"),
+    ] {
+        let (status, message) = refused(&out);
+        assert_eq!(status, 422, "{out:?}");
+        assert!(
+            message.starts_with("out: ") && message.contains(expected),
+            "{message}"
+        );
+    }
+
+    serve.client.stop(long).unwrap();
+    let done = serve.wait(queued.id, |r| r.status.is_settled());
+    assert_eq!(done.status, Status::Finished, "{:?}", done.error);
+    assert_eq!(fx.metric_steps_in(&chosen), (1..=10).collect::<Vec<_>>());
+    assert!(
+        std::fs::read_dir(chosen.join("checkpoints"))
+            .unwrap()
+            .count()
+            > 0
+    );
+}
+
+#[test]
 fn appended_stages_continue_a_finished_run() {
     let fx = Fixture::new(24, 16);
     let serve = Serve::start(&fx, &[]);

@@ -24,6 +24,10 @@ pub struct RunRequest {
     pub base: Option<PathBuf>,
     #[serde(default)]
     pub start: StartRequest,
+    /// The run folder (checkpoints, metrics, evaluations): inside the data roots, relative to
+    /// `base`, empty or new; default `DATA_DIR/runs/ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out: Option<PathBuf>,
     #[serde(default)]
     pub options: TrainOptions,
 }

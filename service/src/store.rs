@@ -187,8 +187,10 @@ pub struct NewRun<'a> {
     pub start: &'a Start,
     pub options: &'a TrainOptions,
     pub total_steps: u64,
-    /// The run gets the folder `runs_dir/ID`.
+    /// The run gets the folder `runs_dir/ID`...
     pub runs_dir: &'a Path,
+    /// ...or this one, which no other run may have.
+    pub dir: Option<&'a Path>,
 }
 
 pub struct Store {
@@ -394,10 +396,22 @@ impl Store {
         .ok_or_else(|| ServiceError::not_found("mixture", id))
     }
 
-    /// Records a queued run and gives it its folder.
+    /// Records a queued run and gives it its folder; a folder another run has is a conflict.
     pub fn insert_run(&self, run: NewRun) -> Result<RunRecord> {
-        self.with(|conn| {
+        let inserted = self.with(|conn| {
             let tx = conn.transaction()?;
+            if let Some(dir) = run.dir {
+                let owner: Option<i64> = tx
+                    .query_row(
+                        "SELECT id FROM runs WHERE dir = ?1",
+                        [dir.display().to_string()],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(owner) = owner {
+                    return Ok(Err(owner));
+                }
+            }
             let t = now();
             tx.execute(
                 "INSERT INTO runs (name, status, mixture_id, start, options, dir, total_steps, spec, created, updated)
@@ -414,14 +428,25 @@ impl Store {
                 ],
             )?;
             let id = tx.last_insert_rowid();
-            let dir = run.runs_dir.join(id.to_string());
+            let dir = match run.dir {
+                Some(dir) => dir.to_path_buf(),
+                None => run.runs_dir.join(id.to_string()),
+            };
             tx.execute(
                 "UPDATE runs SET dir = ?2 WHERE id = ?1",
                 params![id, dir.display().to_string()],
             )?;
             let record = tx.query_row("SELECT * FROM runs WHERE id = ?1", [id], run_row)?;
             tx.commit()?;
-            Ok(record)
+            Ok(Ok(record))
+        })?;
+        inserted.map_err(|owner| {
+            ServiceError::Conflict(format!(
+                "run {owner} has the folder {} already",
+                run.dir
+                    .map(Path::display)
+                    .expect("only a chosen folder conflicts")
+            ))
         })
     }
 
@@ -657,6 +682,7 @@ mod tests {
                 options: &TrainOptions::default(),
                 total_steps: 7,
                 runs_dir: Path::new("/d/runs"),
+                dir: None,
             })
             .unwrap();
         assert_eq!(run.dir, Path::new("/d/runs").join(run.id.to_string()));

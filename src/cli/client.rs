@@ -54,6 +54,10 @@ pub struct SubmitArgs {
     /// Start from another run's newest checkpoint (RUN) or the one at a step (RUN@STEP).
     #[arg(long)]
     from_run: Option<String>,
+    /// The run folder, new or empty, inside the service's data roots (default: the service's
+    /// `DATA_DIR/runs/ID`); relative to the current folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Checkpoint every N steps.
     #[arg(long, default_value_t = TrainOptions::default().checkpoint_every)]
     checkpoint_every: u64,
@@ -125,6 +129,10 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         spec: Some(SpecInput::Text(text)),
         base,
         start,
+        out: match &args.out {
+            Some(out) => Some(std::path::absolute(out).with_context(|| out.display().to_string())?),
+            None => None,
+        },
         options: TrainOptions {
             checkpoint_every: args.checkpoint_every,
             keep_checkpoints: args.keep,

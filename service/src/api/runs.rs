@@ -63,6 +63,10 @@ pub async fn create(
         }
     };
     let start = resolve_start(&service, request.start)?;
+    let out = match &request.out {
+        Some(out) => Some(resolve_out(&service, out, request.base.as_deref())?),
+        None => None,
+    };
     let roots = service.roots.clone();
     let base = request.base;
     let (mixture, total_steps) = blocking(move || {
@@ -84,10 +88,51 @@ pub async fn create(
         options: &request.options,
         total_steps,
         runs_dir: &service.data_dir.join("runs"),
+        dir: out.as_deref(),
     })?;
     tracing::info!(run = record.id, name, total_steps, "run queued");
     service.runner.enqueue(record.id);
     Ok((StatusCode::CREATED, Json(record.into())))
+}
+
+/// A chosen run folder: confined to the data roots, outside the service's own `runs/`, and
+/// empty (a folder with files in it may be another run's or anything else of value).
+fn resolve_out(
+    service: &AppState,
+    out: &std::path::Path,
+    base: Option<&std::path::Path>,
+) -> Result<PathBuf> {
+    let dir = service
+        .roots
+        .confine(out, base.unwrap_or(service.roots.base()), "out")
+        .map_err(|p| ServiceError::invalid("the run request", vec![p]))?;
+    let runs = service.data_dir.join("runs");
+    if dir.starts_with(&runs) {
+        return Err(invalid(
+            "out",
+            format!(
+                "{}: {} holds the service's own run folders",
+                dir.display(),
+                runs.display()
+            ),
+        ));
+    }
+    let occupied = dir.is_file()
+        || match std::fs::read_dir(&dir) {
+            Ok(mut entries) => entries.next().is_some(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(ServiceError::io(&dir, e)),
+        };
+    if occupied {
+        return Err(invalid(
+            "out",
+            format!(
+                "{} exists and is not empty: choose a new folder",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(dir)
 }
 
 /// The model's [`Start`] for a request: folders confined to the data roots, another run's

@@ -268,6 +268,35 @@ fn a_run_stopped_and_resumed_gives_the_same_losses_bit_for_bit() {
     }
 }
 
+/// A stage counted in passes over a task's data hands over to the next stage when its last
+/// pass ends, as planned.
+#[test]
+fn an_epoch_budget_ends_its_stage_and_the_run_goes_on() {
+    let data = tempfile::tempdir().unwrap();
+    let tokenizer = dataset(data.path());
+    let text = spec(data.path(), TRAIN);
+    let mut mixture = text.clone();
+    mixture.stages[0].budget = mixtures::Budget::Epochs {
+        epochs: 1,
+        task: "caption".into(),
+    };
+    let planned = model::train::planned_steps(&mixture, 0).unwrap();
+    let mut trainer = Trainer::new(
+        mixture,
+        tiny_model(&tokenizer, 28),
+        options(&tokenizer),
+        TrainConfig::default(),
+    )
+    .unwrap();
+    let (outcome, events) = run_all(&mut trainer);
+    let stage_one = events.iter().filter(|e| e.stage == 0).count() as u64;
+    assert_eq!(
+        stage_one, planned,
+        "40 captions and 20 colours in batches of 4"
+    );
+    assert_eq!(outcome, Outcome::Finished { steps: planned + 3 });
+}
+
 #[test]
 fn resuming_without_the_optimiser_state_is_an_error_naming_the_file() {
     let data = tempfile::tempdir().unwrap();

@@ -234,6 +234,12 @@ struct Drawn {
     schedule_after: serde_json::Value,
 }
 
+/// The readers' cursors and the schedule's state at one point of the stream.
+struct Position {
+    cursors: Vec<Cursor>,
+    schedule: serde_json::Value,
+}
+
 struct Coordinator {
     config: StreamConfig,
     schedule: Box<dyn Schedule>,
@@ -254,11 +260,11 @@ impl Coordinator {
 
     fn pump(&mut self, tx: &Sender) -> Result<(), PipelineError> {
         let mut packer = Packer::new(self.config.pack)?;
-        // The state just before the example the packer would place next.
-        let mut pending_state = self.state.clone();
         loop {
-            let drawn = self.draw_window();
+            let (drawn, tail) = self.draw_window();
             if drawn.is_empty() {
+                self.state.cursors = tail.cursors;
+                self.state.schedule = tail.schedule;
                 break;
             }
             let processed = self.process(&drawn);
@@ -286,11 +292,15 @@ impl Coordinator {
                 }
                 self.state.bad_inputs.check(&self.config.bad_input, false)?;
             }
-            pending_state = self.state.clone();
+            // Past what the window took after its last row: a pass's end, a spent task, the
+            // stage's end (so the last batch's state already belongs to the next stage).
+            self.state.cursors = tail.cursors;
+            self.state.schedule = tail.schedule;
         }
         self.state.bad_inputs.check(&self.config.bad_input, true)?;
         if let Some(batch) = packer.flush() {
-            self.emit(batch, pending_state, tx)?;
+            // Everything drawn is in it: resuming after it starts after everything.
+            self.emit(batch, self.state.clone(), tx)?;
         }
         Ok(())
     }
@@ -310,8 +320,9 @@ impl Coordinator {
         .map_err(|_| PipelineError::Closed)
     }
 
-    /// Draws up to a window of rows in schedule order; empty once every task is spent.
-    fn draw_window(&mut self) -> Vec<Drawn> {
+    /// Draws up to a window of rows in schedule order (empty once every task is spent), and
+    /// the position after everything it consumed.
+    fn draw_window(&mut self) -> (Vec<Drawn>, Position) {
         let mut drawn = Vec::with_capacity(self.window);
         let mut cursors = self.state.cursors.clone();
         let mut schedule_before = self.state.schedule.clone();
@@ -359,7 +370,11 @@ impl Coordinator {
                 }
             }
         }
-        drawn
+        let tail = Position {
+            cursors,
+            schedule: schedule_before,
+        };
+        (drawn, tail)
     }
 
     fn process(&self, drawn: &[Drawn]) -> Vec<Result<Example, BadInput>> {

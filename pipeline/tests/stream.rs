@@ -252,6 +252,42 @@ fn resuming_across_a_stage_boundary_and_appending_a_stage() {
     );
 }
 
+/// A stage counted in passes over a task's data ends when the pass does: the last batch's
+/// state is already in the next stage, which starts from it.
+#[test]
+fn an_epoch_budget_ends_its_stage_with_the_last_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path(), 20, 0, 0);
+    let stages = r#"
+        [[stages]]
+        name = "passes"
+        resolution = 28
+        text_len = 40
+        batch_size = 3
+        budget = { epochs = 2, task = "caption" }
+        weights = { caption = 1 }
+        [[stages]]
+        name = "after"
+        resolution = 28
+        text_len = 16
+        batch_size = 2
+        budget = { examples = 6 }
+        weights = { colour = 1 }
+    "#;
+    let mixture = spec(dir.path(), stages);
+    let options = options(dir.path(), 2);
+    let first = run(&mixture, 0, &options, StreamState::default());
+    let examples: usize = first.iter().map(|(b, _)| b.segments.len()).sum();
+    assert_eq!(examples, 40, "two passes over 20 rows");
+    let last = first.last().unwrap().1.clone();
+    assert_eq!(stage_of(&mixture, &last).unwrap(), 1);
+    let second = run(&mixture, 1, &options, last);
+    assert_eq!(
+        second.iter().map(|(b, _)| b.segments.len()).sum::<usize>(),
+        6
+    );
+}
+
 #[test]
 fn bad_rows_are_counted_by_reason_and_a_limit_stops_the_stream() {
     let dir = tempfile::tempdir().unwrap();

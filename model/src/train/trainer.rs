@@ -204,7 +204,17 @@ pub fn planned_steps(mixture: &Mixture, stage: usize) -> Result<u64> {
                     )));
                 }
             };
-            rows * u64::from(*epochs)
+            // The other tasks draw beside it, in proportion to their weights.
+            let share = mixture
+                .stage_weights(stage)
+                .and_then(|w| w.into_iter().find(|(t, _)| t == task))
+                .map_or(1.0, |(_, w)| w);
+            let counted = rows * u64::from(*epochs);
+            if share > 0.0 {
+                (counted as f64 / share).round() as u64
+            } else {
+                counted
+            }
         }
     };
     Ok(examples.div_ceil(batch).max(1))

@@ -10,7 +10,8 @@ use serde_json::json;
 
 use ::model::train::trainer::METRICS_FILE;
 use ::model::train::{
-    Outcome, RunSetup, Start, TrainConfig, TrainEvent, Trainer, latest_checkpoint, open_run,
+    Outcome, RunSetup, Start, TrainConfig, TrainError, TrainEvent, Trainer, latest_checkpoint,
+    open_run,
 };
 
 #[derive(Args)]
@@ -64,12 +65,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         },
     };
     let checkpoints = args.out.join("checkpoints");
-    if !args.resume && latest_checkpoint(&checkpoints)?.is_some() {
-        anyhow::bail!(
-            "{} already holds checkpoints: pass --resume to continue that run, or choose another --out",
-            checkpoints.display()
-        );
-    }
     ::model::tune_malloc();
     let dev = ::model::device();
     let mut trainer = open_run(
@@ -90,7 +85,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             },
         },
         &dev,
-    )?;
+    )
+    .map_err(|e| match e {
+        TrainError::RunExists { checkpoints } => anyhow::anyhow!(
+            "{} already holds checkpoints: pass --resume to continue that run, or choose another --out",
+            checkpoints.display()
+        ),
+        e => e.into(),
+    })?;
     if trainer.step() > 0 {
         eprintln!("resumed at step {}", trainer.step());
     }

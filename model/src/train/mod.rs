@@ -53,6 +53,9 @@ pub enum TrainError {
     Tokenizer(#[from] pipeline::text::TokenizerError),
     #[error("invalid training setup: {0}")]
     Config(String),
+    /// A new run into a folder that holds another run's checkpoints.
+    #[error("{} already holds checkpoints: resume that run, or choose another run folder", checkpoints.display())]
+    RunExists { checkpoints: PathBuf },
     #[error("batch does not fit the model: {0}")]
     Batch(String),
     /// A NaN or Inf loss or gradient: the run stops before the update, the last checkpoint

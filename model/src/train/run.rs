@@ -86,12 +86,7 @@ pub fn open_run(setup: RunSetup, dev: &Dev) -> Result<Trainer> {
                 checkpoints.display()
             )));
         }
-        (_, Some(_)) => {
-            return Err(TrainError::Config(format!(
-                "{} already holds checkpoints: resume that run, or choose another run folder",
-                checkpoints.display()
-            )));
-        }
+        (_, Some(_)) => return Err(TrainError::RunExists { checkpoints }),
         (Start::Fresh { config }, None) => {
             let mut cfg = config_for_tokenizer(PaliGemmaConfig::preset(config)?, &tokenizer);
             cfg.vision.image_size = first_resolution(&mixture)?;

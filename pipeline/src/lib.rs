@@ -25,6 +25,7 @@ pub mod schedule;
 pub mod source;
 pub mod stream;
 pub mod text;
+pub mod tokenizer_file;
 pub mod word_tokenizer;
 pub mod writer;
 

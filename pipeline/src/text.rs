@@ -168,10 +168,7 @@ impl PaliTokenizer {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let inner = Tokenizer::from_file(path).map_err(|e| TokenizerError::Load {
-            path: name.clone(),
-            message: e.to_string(),
-        })?;
+        let inner = crate::tokenizer_file::read_tokenizer(path)?;
         Self::resolve(inner, name)
     }
 

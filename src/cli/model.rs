@@ -99,8 +99,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let m = model::checkpoint::load(dir, &dev)
         .with_context(|| format!("loading the model in {}", dir.display()))?;
     let tok_path = dir.join("tokenizer.json");
-    let tok =
-        Tokenizer::from_file(&tok_path).map_err(|e| anyhow!("{}: {e}", tok_path.display()))?;
+    let tok = pipeline::tokenizer_file::read_tokenizer(&tok_path)?;
 
     let text = prompt_text(&tok, &tok_path, &m.cfg, &args.prompt)?;
     let mut images = ImageProcessor::new();

@@ -5,8 +5,7 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    // Allocator settings for every command, before any thread starts.
-    ::model::tune_malloc();
+    ::model::one_malloc_arena_per_core();
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose);
     match cli::run(args) {

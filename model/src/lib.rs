@@ -63,20 +63,29 @@ pub type Matrix<T = dfdx::tensor::NoneTape> = dfdx::tensor::Tensor<(usize, usize
 /// Gradients of a backward pass, keyed by tensor.
 pub type Gradients = dfdx::tensor::Gradients<f32, Dev>;
 
-/// glibc settings for this process's work, measured on this 2-core machine. Freed large
-/// buffers stay in the heap instead of going back to the kernel, so per-step tensors and
-/// per-image buffers reuse memory without page faults and zero-filling (about a fifth of the
-/// CPU time of a `small` training step; `pipeline bench` 1,305 -> 1,390 examples/s). One arena
-/// per core: glibc's per-thread arenas (up to eight per core) never lend free memory to each
-/// other, so every pipeline thread kept its own high-water mark (`pipeline bench` with Gemma's
-/// tokenizer peaked at 372 MiB, 226 MiB with one arena per core, at the same speed).
-/// Process-wide; call once, before other threads start. No effect off glibc.
-pub fn tune_malloc() {
+/// One glibc malloc arena per core. glibc gives threads arenas of their own (up to eight per
+/// core) and never lends one arena's free memory to another, so every pipeline thread kept its
+/// own high-water mark: `pipeline bench` with Gemma's tokenizer peaked at 372 MiB, and at 226
+/// MiB with one arena per core, at the same speed. Process-wide; call first thing in `main`,
+/// before other threads start. No effect off glibc.
+pub fn one_malloc_arena_per_core() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator limits and thresholds.
+    // SAFETY: mallopt only changes an allocator limit.
     unsafe {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         libc::mallopt(libc::M_ARENA_MAX, cores.min(64) as i32);
+    }
+}
+
+/// Keeps freed large buffers in glibc's heap instead of returning them to the kernel, so that
+/// the per-step tensors of training reuse memory without page faults and zero-filling (about a
+/// fifth of the CPU time of a `small` training step otherwise). Not for the pipeline alone: it
+/// holds on to more memory there (`pipeline bench` peaks 30-70 MiB higher). Process-wide; call
+/// once at the start of training or benchmarking. No effect off glibc.
+pub fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds.
+    unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20); // glibc's maximum
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);

@@ -46,6 +46,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(n) = args.beams {
         mixture.eval.beams = n;
     }
+    ::model::tune_malloc();
     let saved = SavedModelEval {
         model: args.model,
         stage: args.stage,

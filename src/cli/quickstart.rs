@@ -58,6 +58,7 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             config: args.config.clone(),
         }
     };
+    ::model::tune_malloc();
     let dev = ::model::device();
     let mut trainer = open_run(
         RunSetup {

@@ -35,6 +35,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    ::model::tune_malloc();
     let config = ServeConfig {
         addr: args.addr,
         data_dir: args.data_dir,

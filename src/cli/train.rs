@@ -65,6 +65,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         },
     };
     let checkpoints = args.out.join("checkpoints");
+    ::model::tune_malloc();
     let dev = ::model::device();
     let mut trainer = open_run(
         RunSetup {

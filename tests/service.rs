@@ -232,8 +232,13 @@ fn evaluations_score_a_runs_checkpoints_on_held_out_data() {
             .all(|t| (0.0..=1.0).contains(&t.metrics[0].1))
     );
     assert!(final_eval.dir.join("eval.json").is_file());
+    assert_eq!(result.samples.len(), 8, "4 kept of each task");
+    assert!(
+        result.samples.iter().all(|s| s.images.len() == 1),
+        "each with its image"
+    );
     let sample = &result.samples[0];
-    assert!(!sample.reference.is_empty() && sample.images.len() == 1);
+    assert!(!sample.reference.is_empty());
     let image = reqwest::blocking::get(format!(
         "{}/v1/evaluations/{}/images/{}",
         serve.client.base(),

@@ -146,7 +146,15 @@ pub fn evaluate(
                 stage: format!("eval {name}"),
                 source,
             })?;
-            examples.extend(decode_batch(model, &batch.batch, mixture, options)?);
+            // Only the samples a report keeps carry their images.
+            let with_images = eval.samples_per_task.saturating_sub(examples.len());
+            examples.extend(decode_batch(
+                model,
+                &batch.batch,
+                mixture,
+                options,
+                with_images,
+            )?);
         }
         report.tasks.push(score(name, task.evaluator, &examples));
         report.samples.extend(
@@ -188,12 +196,14 @@ fn eval_mixture(mixture: &Mixture, task: &str, stage: usize) -> Result<Mixture> 
     Ok(held_out)
 }
 
-/// Decodes every example of `batch` (one per row, unpacked).
+/// Decodes every example of `batch` (one per row, unpacked); the first `with_images` samples
+/// keep their images as PNG.
 fn decode_batch(
     model: &mut PaliGemma,
     batch: &Batch,
     mixture: &Mixture,
     options: &RunOptions,
+    with_images: usize,
 ) -> Result<Vec<Sample>> {
     set_resolution(model, batch.resolution)?;
     let image_len = batch.pixels.len() / batch.n_images().max(1);
@@ -226,10 +236,13 @@ fn decode_batch(
             prompt: decode(&batch.tokens[text_start..prompt_end])?,
             prediction: String::new(),
             reference: decode(&reference)?,
-            images_png: images
-                .iter()
-                .map(|&i| pipeline::preview::png_bytes(batch.image(i), batch.resolution))
-                .collect(),
+            images_png: match samples.len() < with_images {
+                true => images
+                    .iter()
+                    .map(|&i| pipeline::preview::png_bytes(batch.image(i), batch.resolution))
+                    .collect(),
+                false => Vec::new(),
+            },
         });
         debug_assert_eq!(pixels.len(), images.len() * image_len);
         prompts.push(Prompt {

@@ -95,4 +95,26 @@ fn train_stops_resumes_and_matches_an_uninterrupted_run() {
             .join("checkpoints/step-00000004/config.json")
             .is_file()
     );
+
+    // A checkpoint carries the run's tokenizer: it predicts on its own.
+    let checkpoint = whole.join("checkpoints/step-00000004");
+    assert_eq!(
+        std::fs::read_to_string(checkpoint.join("tokenizer.json")).unwrap(),
+        std::fs::read_to_string(d.join("demo/tokenizer.json")).unwrap(),
+    );
+    let image = d.join("scene.png");
+    image::RgbImage::from_pixel(112, 112, image::Rgb([200, 40, 40]))
+        .save(&image)
+        .unwrap();
+    paliforge(&[
+        "predict",
+        "--model",
+        checkpoint.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--prompt",
+        "caption en",
+        "--max-new-tokens",
+        "4",
+    ]);
 }

@@ -19,7 +19,8 @@ pub struct SavedModelEval {
     pub model: PathBuf,
     /// The stage whose resolution and text length to use, by name; default the last.
     pub stage: Option<String>,
-    /// The tokenizer; default `tokenizer.json` beside `spec` or the data.
+    /// The tokenizer; default the model folder's `tokenizer.json`, else the one beside `spec`
+    /// or the data.
     pub tokenizer: Option<PathBuf>,
     /// The spec's file, where a tokenizer beside it is looked for.
     pub spec: Option<PathBuf>,
@@ -70,7 +71,10 @@ pub fn evaluate_saved_model(
         None => mixture.stages.len().saturating_sub(1),
     };
     let folder = weights_folder(&what.model)?;
-    let tokenizer = load_tokenizer(what.tokenizer.as_deref(), what.spec.as_deref(), mixture)?;
+    // A run checkpoint carries the run's tokenizer; otherwise beside the spec or the data.
+    let beside_weights = Some(folder.join("tokenizer.json")).filter(|p| p.is_file());
+    let tokenizer = what.tokenizer.clone().or(beside_weights);
+    let tokenizer = load_tokenizer(tokenizer.as_deref(), what.spec.as_deref(), mixture)?;
     let options = RunOptions {
         threads: what.threads,
         ..RunOptions::new(Arc::new(tokenizer))

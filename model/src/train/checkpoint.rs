@@ -1,15 +1,16 @@
 //! Run checkpoints: everything a run needs to continue exactly where it was.
 //!
 //! `RUN_DIR/checkpoints/step-00000123/` holds the model (Hugging Face safetensors and
-//! `config.json`, via [`crate::checkpoint::save`]; the folder opens in transformers), each
-//! optimiser group's state ([`super::Groups::save`]) and `state.json` ([`RunState`]: step,
-//! stage, the pipeline's stream state, the spec, metrics so far). It is written under a
+//! `config.json`, via [`crate::checkpoint::save`]; the folder opens in transformers), the run's
+//! `tokenizer.json`, each optimiser group's state ([`super::Groups::save`]) and `state.json`
+//! ([`RunState`]: step, stage, the pipeline's stream state, the spec, metrics so far). It is written under a
 //! temporary name and renamed when complete, so a folder named `step-*` is always whole;
 //! a crash mid-write leaves only a `.tmp-*` folder, removed by the next save.
 
 use std::path::{Path, PathBuf};
 
 use pipeline::stream::StreamState;
+use pipeline::text::PaliTokenizer;
 use serde::{Deserialize, Serialize};
 
 use super::groups::Groups;
@@ -20,6 +21,7 @@ use crate::{Dev, PaliGemma};
 /// Version of `state.json`'s layout.
 pub const FORMAT: u32 = 1;
 const STATE_FILE: &str = "state.json";
+const TOKENIZER_FILE: &str = "tokenizer.json";
 const PREFIX: &str = "step-";
 const TMP_PREFIX: &str = ".tmp-";
 
@@ -82,6 +84,7 @@ pub fn save_run_checkpoint(
     model: &mut PaliGemma,
     groups: &mut Groups,
     state: &RunState,
+    tokenizer: &PaliTokenizer,
     keep: usize,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
@@ -92,6 +95,15 @@ pub fn save_run_checkpoint(
     }
     crate::checkpoint::save(model, &tmp, &Default::default())?;
     groups.save(model, &tmp)?;
+    // The run's tokenizer beside the weights: the folder predicts and evaluates on its own.
+    let tokenizer_path = tmp.join(TOKENIZER_FILE);
+    tokenizer
+        .inner()
+        .save(&tokenizer_path, false)
+        .map_err(|e| TrainError::Checkpoint {
+            path: tokenizer_path.clone(),
+            message: e.to_string(),
+        })?;
     let path = tmp.join(STATE_FILE);
     let json = serde_json::to_vec(state).map_err(|e| TrainError::Checkpoint {
         path: path.clone(),

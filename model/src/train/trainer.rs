@@ -712,6 +712,7 @@ impl Trainer {
             &mut self.model,
             &mut self.groups,
             &state,
+            &self.options.tokenizer,
             self.config.keep_checkpoints,
         )?;
         tracing::info!(path = %path.display(), step = self.step, "checkpoint");

@@ -1,7 +1,11 @@
 //! `paliforge mixture check` as a user runs it: a valid spec over real shards prints its stage
 //! table and exits 0; a broken one lists every error with its key path and exits non-zero.
 
+mod support;
+
 use std::process::Command;
+
+use support::paliforge;
 
 fn check(spec: &std::path::Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_paliforge"))
@@ -18,25 +22,18 @@ fn check(spec: &std::path::Path) -> (bool, String) {
 #[test]
 fn valid_and_invalid_specs_against_their_data() {
     let dir = tempfile::tempdir().unwrap();
-    let demo = Command::new(env!("CARGO_BIN_EXE_paliforge"))
-        .args([
-            "demo-data",
-            "--rows",
-            "40",
-            "--pair-rows",
-            "10",
-            "--image-size",
-            "32",
-            "--out",
-        ])
-        .arg(dir.path().join("demo"))
-        .output()
-        .unwrap();
-    assert!(
-        demo.status.success(),
-        "{}",
-        String::from_utf8_lossy(&demo.stderr)
-    );
+    let demo = dir.path().join("demo");
+    paliforge(&[
+        "demo-data",
+        "--rows",
+        "40",
+        "--pair-rows",
+        "10",
+        "--image-size",
+        "32",
+        "--out",
+        demo.to_str().unwrap(),
+    ]);
     let spec = include_str!("../mixtures/specs/quickstart.toml");
     std::fs::write(dir.path().join("good.toml"), spec).unwrap();
     let (ok, text) = check(&dir.path().join("good.toml"));

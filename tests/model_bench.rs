@@ -1,31 +1,26 @@
 //! `paliforge model bench` on the tiny config: it runs, and its last line is the promised JSON.
 
+mod support;
+
 use std::process::Command;
 
 use serde_json::Value;
+use support::paliforge;
 
 #[test]
 fn model_bench_ends_with_a_json_line_of_figures() {
-    let out = Command::new(env!("CARGO_BIN_EXE_paliforge"))
-        .args([
-            "model",
-            "bench",
-            "--config",
-            "tiny",
-            "--batch",
-            "2",
-            "--text-len",
-            "30",
-            "--steps",
-            "2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = paliforge(&[
+        "model",
+        "bench",
+        "--config",
+        "tiny",
+        "--batch",
+        "2",
+        "--text-len",
+        "30",
+        "--steps",
+        "2",
+    ]);
     let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines.len() > 1, "a human summary comes first: {stdout}");

@@ -502,6 +502,17 @@ fn parquet_rows(source: &SourceConfig) -> Result<(Schema, u64, Rows), PipelineEr
     Ok((schema, total, Box::new(unreadable.chain(rows))))
 }
 
+/// The shipped templates' own words, so a tokenizer trained on data alone still encodes
+/// prompts compactly (`paliforge demo-data`, `paliforge prepare` and the service's preparation
+/// jobs add them).
+pub const TEMPLATE_WORDS: [&str; 5] = [
+    "caption en",
+    "answer en",
+    "detect",
+    "ocr",
+    "which image has more",
+];
+
 /// Trains a tokenizer (byte-level BPE plus PaliGemma's tokens) on every text column of the
 /// sources' shards, for datasets that come without one; `extra` adds the templates' own words.
 pub fn train_tokenizer_on(

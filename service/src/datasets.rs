@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pipeline::demo::{DemoConfig, DemoImageFormat};
-use pipeline::prepare::{PrepareConfig, PrepareInput, prepare, train_tokenizer_on};
+use pipeline::prepare::{PrepareConfig, PrepareInput, TEMPLATE_WORDS, prepare, train_tokenizer_on};
 use pipeline::source::SourceConfig;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -333,16 +333,6 @@ fn prepare_dataset(
     }
     Ok(())
 }
-
-/// Templates' own words, so a tokenizer trained on data alone still encodes them compactly
-/// (as `paliforge demo-data` and `paliforge prepare` train theirs).
-const TEMPLATE_WORDS: [&str; 5] = [
-    "caption en",
-    "answer en",
-    "detect",
-    "ocr",
-    "which image has more",
-];
 
 /// A prepared dataset's manifest: `manifest.json`, or those of its sub-folders by name (the
 /// demo's `scenes` and `pairs`).

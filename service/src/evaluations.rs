@@ -3,11 +3,10 @@
 //! of its final checkpoint. Scores and sample predictions go to the database, the samples'
 //! images and `eval.json` to `RUN_DIR/evaluations/ID/`; jobs a restart interrupted run again.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use mixtures::Mixture;
-use model::eval::{EvalReport, SavedModelEval, evaluate_saved_model};
+use model::eval::{EvalReport, SavedModelEval, evaluate_saved_model, held_out_tasks};
 use tokio::sync::Semaphore;
 
 use crate::error::{Problem, Result, ServiceError};
@@ -34,21 +33,7 @@ fn mixture_of(run: &RunRecord) -> Result<Mixture> {
 
 /// Whether any task of the run's spec has held-out data to evaluate on.
 pub fn has_held_out(run: &RunRecord) -> bool {
-    mixture_of(run).is_ok_and(|m| {
-        m.tasks.values().any(|t| {
-            m.sources
-                .get(&t.source)
-                .is_some_and(|s| !s.eval_data.is_empty())
-        })
-    })
-}
-
-/// The checkpoint `step` names (default the newest) among the run's complete ones.
-fn checkpoint(run: &RunRecord, step: Option<u64>) -> Result<Option<(u64, PathBuf)>> {
-    Ok(run
-        .checkpoints()?
-        .into_iter()
-        .rfind(|(s, _)| step.is_none_or(|want| *s == want)))
+    mixture_of(run).is_ok_and(|m| held_out_tasks(&m) > 0)
 }
 
 impl Evaluations {
@@ -70,7 +55,7 @@ impl Evaluations {
     ) -> Result<EvaluationRecord> {
         let mixture = mixture_of(run)?;
         let mut problems = Vec::new();
-        if !has_held_out(run) {
+        if held_out_tasks(&mixture) == 0 {
             problems.push(Problem::at(
                 "spec",
                 format!(
@@ -97,20 +82,18 @@ impl Evaluations {
                 problems.push(Problem::at(key, "must be at least 1"));
             }
         }
-        if checkpoint(run, request.step)?.is_none() {
-            let kept: Vec<String> = run
-                .checkpoints()?
-                .iter()
-                .map(|(s, _)| s.to_string())
-                .collect();
-            let message = match (request.step, kept.is_empty()) {
-                (_, true) => format!("run {} has no checkpoint yet", run.id),
-                (Some(step), false) => format!(
+        if let Err(kept) = run.checkpoint(request.step)? {
+            let message = match request.step {
+                _ if kept.is_empty() => format!("run {} has no checkpoint yet", run.id),
+                Some(step) => format!(
                     "run {} has no checkpoint at step {step} (kept: {})",
                     run.id,
-                    kept.join(", ")
+                    kept.iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
-                (None, false) => unreachable!("the newest of a non-empty list exists"),
+                None => unreachable!("the newest of a non-empty list exists"),
             };
             problems.push(Problem::at("step", message));
         }
@@ -198,9 +181,10 @@ impl Evaluations {
         if let Some(n) = job.request.beams {
             mixture.eval.beams = n;
         }
-        let (step, folder) = checkpoint(&run, job.request.step)
+        let (step, folder) = run
+            .checkpoint(job.request.step)
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| match job.request.step {
+            .map_err(|_| match job.request.step {
                 Some(step) => format!("run {}'s checkpoint at step {step} is gone", run.id),
                 None => format!("run {} has no checkpoint", run.id),
             })?;

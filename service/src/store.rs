@@ -140,6 +140,16 @@ impl RunRecord {
         model::train::complete_checkpoints(&self.dir.join("checkpoints"))
             .map_err(|e| ServiceError::Internal(e.to_string()))
     }
+
+    /// The complete checkpoint at `step`, or the newest; `Err(kept steps)` when there is none.
+    pub fn checkpoint(&self, step: Option<u64>) -> Result<Result<(u64, PathBuf), Vec<u64>>> {
+        let all = self.checkpoints()?;
+        let found = all
+            .iter()
+            .rfind(|(s, _)| step.is_none_or(|want| *s == want))
+            .cloned();
+        Ok(found.ok_or_else(|| all.iter().map(|(s, _)| *s).collect()))
+    }
 }
 
 /// An evaluation of one of a run's checkpoints on its spec's held-out data.

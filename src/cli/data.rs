@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use pipeline::demo::{DemoConfig, DemoImageFormat};
-use pipeline::prepare::{PrepareConfig, PrepareInput, prepare, source_texts, train_tokenizer_on};
+use pipeline::prepare::{
+    PrepareConfig, PrepareInput, TEMPLATE_WORDS, prepare, source_texts, train_tokenizer_on,
+};
 use pipeline::source::SourceConfig;
 use pipeline::word_tokenizer::word_tokenizer;
 
@@ -99,15 +101,6 @@ pub fn make_demo(
     )?;
     Ok(manifests)
 }
-
-/// Templates' own words, so a tokenizer trained on data alone still encodes them compactly.
-const TEMPLATE_WORDS: [&str; 5] = [
-    "caption en",
-    "answer en",
-    "detect",
-    "ocr",
-    "which image has more",
-];
 
 fn write_tokenizer(
     sources: &[SourceConfig],

@@ -10,6 +10,21 @@ use serde_json::json;
 use ::model::eval::{SavedModelEval, evaluate_saved_model};
 use ::model::train::read_spec;
 
+/// The stage to evaluate at and what to change of the spec's `[eval]`; `paliforge evaluate`
+/// asks the service for the same.
+#[derive(Args)]
+pub struct EvalSettings {
+    /// The stage whose resolution and text length to use (its name); default the last.
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// Held-out examples per task (default: the spec's `eval.examples`).
+    #[arg(long)]
+    pub examples: Option<u32>,
+    /// Beams (1: greedy; default: the spec's `eval.beams`).
+    #[arg(long)]
+    pub beams: Option<u32>,
+}
+
 #[derive(Args)]
 pub struct EvalArgs {
     /// The mixture spec: its tasks, their sources' `eval_data`, and its `[eval]` settings.
@@ -18,15 +33,8 @@ pub struct EvalArgs {
     /// checkpoint).
     #[arg(long)]
     model: PathBuf,
-    /// The stage whose resolution and text length to use (its name); default the last.
-    #[arg(long)]
-    stage: Option<String>,
-    /// Held-out examples per task (default: the spec's `eval.examples`).
-    #[arg(long)]
-    examples: Option<u32>,
-    /// Beams (1: greedy; default: the spec's `eval.beams`).
-    #[arg(long)]
-    beams: Option<u32>,
+    #[command(flatten)]
+    settings: EvalSettings,
     /// The tokenizer (default: tokenizer.json beside the spec or the data).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -40,16 +48,16 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut mixture = read_spec(&args.spec)?;
-    if let Some(n) = args.examples {
+    if let Some(n) = args.settings.examples {
         mixture.eval.examples = n;
     }
-    if let Some(n) = args.beams {
+    if let Some(n) = args.settings.beams {
         mixture.eval.beams = n;
     }
     ::model::tune_malloc();
     let saved = SavedModelEval {
         model: args.model,
-        stage: args.stage,
+        stage: args.settings.stage,
         tokenizer: args.tokenizer,
         spec: Some(args.spec),
         threads: args.threads,

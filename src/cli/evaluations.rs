@@ -11,6 +11,7 @@ use service::requests::EvalRequest;
 use service::store::{EvaluationRecord, Status};
 
 use super::client::Remote;
+use super::eval::EvalSettings;
 
 #[derive(Args)]
 pub struct EvaluateArgs {
@@ -19,15 +20,8 @@ pub struct EvaluateArgs {
     /// The checkpoint's step (default: the newest).
     #[arg(long)]
     step: Option<u64>,
-    /// The stage whose resolution and text length to use, by name (default: the last).
-    #[arg(long)]
-    stage: Option<String>,
-    /// Held-out examples per task (default: the spec's `eval.examples`).
-    #[arg(long)]
-    examples: Option<u32>,
-    /// Beams (1: greedy; default: the spec's `eval.beams`).
-    #[arg(long)]
-    beams: Option<u32>,
+    #[command(flatten)]
+    settings: EvalSettings,
     /// Queue it and return, without waiting for the scores.
     #[arg(long)]
     no_wait: bool,
@@ -48,9 +42,9 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let run = client.resolve_run(&args.run)?;
     let request = EvalRequest {
         step: args.step,
-        stage: args.stage,
-        examples: args.examples,
-        beams: args.beams,
+        stage: args.settings.stage,
+        examples: args.settings.examples,
+        beams: args.settings.beams,
     };
     let mut evaluation = client.evaluate(run, &request)?;
     if !args.no_wait {

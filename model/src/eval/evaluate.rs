@@ -115,6 +115,20 @@ pub struct EvalOptions {
     pub samples_per_task: usize,
 }
 
+/// How many of `mixture`'s tasks have held-out data (their source's `eval_data`).
+pub fn held_out_tasks(mixture: &Mixture) -> usize {
+    mixture
+        .tasks
+        .values()
+        .filter(|t| {
+            mixture
+                .sources
+                .get(&t.source)
+                .is_some_and(|s| !s.eval_data.is_empty())
+        })
+        .count()
+}
+
 /// Evaluates `model` on the held-out data of every task whose source has `eval_data`.
 pub fn evaluate(
     model: &mut PaliGemma,

@@ -8,5 +8,5 @@ pub mod evaluate;
 pub mod metrics;
 pub mod saved_model;
 
-pub use evaluate::{EvalOptions, EvalReport, Sample, TaskScores, evaluate};
-pub use saved_model::{SavedModelEval, SavedModelReport, evaluate_saved_model, weights_folder};
+pub use evaluate::{EvalOptions, EvalReport, Sample, TaskScores, evaluate, held_out_tasks};
+pub use saved_model::{SavedModelEval, SavedModelReport, evaluate_saved_model};

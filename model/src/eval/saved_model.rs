@@ -8,7 +8,7 @@ use std::sync::Arc;
 use mixtures::Mixture;
 use pipeline::mixture::{RunOptions, load_tokenizer};
 
-use super::evaluate::{EvalOptions, EvalReport, evaluate};
+use super::evaluate::{EvalOptions, EvalReport, evaluate, held_out_tasks};
 use crate::Dev;
 use crate::train::{Result, TrainError, latest_checkpoint};
 
@@ -41,7 +41,7 @@ pub struct SavedModelReport {
 }
 
 /// The folder holding the weights `model` names: a run folder's newest checkpoint, or itself.
-pub fn weights_folder(model: &Path) -> Result<PathBuf> {
+fn weights_folder(model: &Path) -> Result<PathBuf> {
     Ok(latest_checkpoint(&model.join("checkpoints"))?.unwrap_or_else(|| model.to_path_buf()))
 }
 
@@ -56,7 +56,7 @@ pub fn evaluate_saved_model(
             .as_ref()
             .map_or_else(|| "the spec".to_string(), |p| p.display().to_string())
     };
-    if !mixture.sources.values().any(|s| !s.eval_data.is_empty()) {
+    if held_out_tasks(mixture) == 0 {
         return Err(TrainError::Config(format!(
             "{}: no source has `eval_data`, so there is nothing held out to evaluate on",
             where_()

@@ -152,13 +152,9 @@ fn resolve_start(service: &AppState, start: StartRequest) -> Result<Start> {
                 .store
                 .run(run)
                 .map_err(|_| invalid("start.checkpoint.run", format!("no run {run}")))?;
-            let found = source
-                .checkpoints()?
-                .into_iter()
-                .rfind(|(s, _)| step.is_none_or(|want| *s == want));
-            match found {
-                Some((_, dir)) => Ok(Start::Init { dir }),
-                None => Err(invalid(
+            match source.checkpoint(step)? {
+                Ok((_, dir)) => Ok(Start::Init { dir }),
+                Err(_) => Err(invalid(
                     "start.checkpoint",
                     match step {
                         Some(step) => format!("run {run} has no checkpoint at step {step}"),

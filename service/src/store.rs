@@ -614,6 +614,18 @@ impl Store {
         })
     }
 
+    /// Each run's newest evaluation with a result.
+    pub fn newest_results(&self) -> Result<Vec<EvaluationRecord>> {
+        self.with(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT * FROM evaluations WHERE id IN
+                 (SELECT MAX(id) FROM evaluations WHERE result IS NOT NULL GROUP BY run_id)
+                 ORDER BY run_id",
+            )?;
+            statement.query_map([], evaluation_row)?.collect()
+        })
+    }
+
     pub fn evaluation(&self, id: i64) -> Result<EvaluationRecord> {
         self.with(|conn| {
             conn.query_row(

@@ -85,17 +85,12 @@ pub async fn metrics(State(service): State<AppState>) -> Result<impl IntoRespons
             .collect(),
     );
     // Each run's newest finished evaluation: its headline figure per task.
-    let evaluations = service.store.evaluations(None)?;
     let mut scores = Vec::new();
-    for run in &runs {
-        let newest = evaluations
-            .iter()
-            .rev()
-            .find(|e| e.run == run.id && e.result.is_some());
-        for task in newest
-            .iter()
-            .flat_map(|e| &e.result.as_ref().expect("found").tasks)
-        {
+    for evaluation in service.store.newest_results()? {
+        let Some(run) = runs.iter().find(|r| r.id == evaluation.run) else {
+            continue;
+        };
+        for task in evaluation.result.iter().flat_map(|r| &r.tasks) {
             if let Some((metric, value)) = task.headline() {
                 let task_labels = format!(
                     "{},task=\"{}\",metric=\"{metric}\"",

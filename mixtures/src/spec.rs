@@ -192,10 +192,11 @@ pub struct Stage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<u32>,
     pub budget: Budget,
-    /// Pack several examples into one sequence. Default false.
+    /// Pack several examples into one row (a batch keeps `batch_size` examples, in fewer rows).
+    /// Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packing: Option<bool>,
-    /// Most images one batch row may carry; default: no cap.
+    /// Most images one packed row may carry; default: no cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_images: Option<u32>,
     pub weights: Weights,

@@ -215,7 +215,7 @@ fn stage_config(
     }
     let tokens_per_image = (resolution / PATCH).pow(2);
     let pack = PackConfig {
-        rows: spec.batch_size() as usize,
+        examples: spec.batch_size() as usize,
         seq_len: seq_len(mixture, stage),
         max_images_per_row: spec.max_images.map_or(usize::MAX, |m| m as usize),
         packing: spec.packing(),

@@ -1,8 +1,11 @@
-//! Examples to [`Batch`]es: whole examples placed first-fit into the rows of the batch being
-//! filled, each row capped in tokens (`seq_len`) and images (`max_images_per_row`).
+//! Examples to [`Batch`]es of `examples` examples each. Unpacked, each example has its own row.
+//! Packed, whole examples go first-fit into the rows the batch has opened so far, each row capped
+//! in tokens (`seq_len`) and images (`max_images_per_row`), and a new row opens only when none has
+//! room: the batch keeps its number of examples (what a recipe's batch size means) and packing
+//! only removes padding, so a packed batch has as few rows as first-fit needs.
 //!
-//! Contiguity, which exact resumption relies on: when an example fits no row of the open batch,
-//! that batch is emitted and the example opens the next one. So every batch holds a contiguous
+//! Contiguity, which exact resumption relies on: when the open batch is full, it is emitted as
+//! the next example arrives, and that example opens the next one. So every batch holds a contiguous
 //! run of the example stream, in stream order, and the batch [`Packer::push`] returns never
 //! holds the example passed to that same call. A stream that saves its position after receiving
 //! a batch must therefore save the position *before* the example it just pushed.
@@ -13,10 +16,10 @@ use crate::location::Location;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackConfig {
-    pub rows: usize,
+    /// Examples per batch (the last batch of a stream may hold fewer).
+    pub examples: usize,
     pub seq_len: usize,
-    /// Cap on the images of one row, which bounds the image encoder's batch at
-    /// `rows * max_images_per_row`.
+    /// Cap on the images of one packed row.
     pub max_images_per_row: usize,
     /// Several examples per row; `false` puts one example in each row.
     pub packing: bool,
@@ -54,9 +57,9 @@ pub struct Packer {
 
 impl Packer {
     pub fn new(config: PackConfig) -> Result<Self, PackError> {
-        if config.rows == 0 || config.seq_len == 0 {
+        if config.examples == 0 || config.seq_len == 0 {
             return Err(PackError::Config(format!(
-                "rows and seq_len must be positive: {config:?}"
+                "examples and seq_len must be positive: {config:?}"
             )));
         }
         Ok(Self { config, open: None })
@@ -71,8 +74,8 @@ impl Packer {
         self.open.as_ref().map_or(0, |open| open.segments.len())
     }
 
-    /// Places `example`; returns the previous batch when the example did not fit in it (see the
-    /// module's note on contiguity).
+    /// Places `example`; returns the previous batch when it was full (see the module's note on
+    /// contiguity).
     pub fn push(&mut self, example: Example) -> Result<Option<Batch>, PackError> {
         self.check(&example)?;
         let config = self.config;
@@ -82,11 +85,11 @@ impl Packer {
             return Ok(None);
         }
         let full = std::mem::replace(open, Open::new(&config));
-        open.place(0, example, &config);
+        open.place(0, example, &config); // an example fits an empty row: checked above
         Ok(Some(full.finish(&config)))
     }
 
-    /// The last, partly filled batch, padded; `None` when nothing is pending.
+    /// The last, partly filled batch; `None` when nothing is pending.
     pub fn flush(&mut self) -> Option<Batch> {
         let config = self.config;
         self.open.take().map(|open| open.finish(&config))
@@ -142,7 +145,8 @@ impl Packer {
     }
 }
 
-/// The batch being filled: its arrays, pre-padded, written as examples are placed.
+/// The batch being filled: its arrays, pre-padded for a row per example, written as examples are
+/// placed, cut to the rows used when it is finished.
 #[derive(Debug)]
 struct Open {
     tokens: Vec<u32>,
@@ -150,7 +154,7 @@ struct Open {
     positions: Vec<u32>,
     causal: Vec<bool>,
     loss_weights: Vec<f32>,
-    /// Per row: tokens used, images, examples.
+    /// Per opened row: tokens used, images, examples.
     rows: Vec<RowUse>,
     images: Vec<(ImageSlot, Vec<f32>)>,
     segments: Vec<Segment>,
@@ -165,32 +169,37 @@ struct RowUse {
 
 impl Open {
     fn new(c: &PackConfig) -> Self {
-        let cells = c.rows * c.seq_len;
+        let cells = c.examples * c.seq_len;
         Self {
             tokens: vec![c.pad_id; cells],
             segment_ids: vec![0; cells],
             positions: vec![0; cells],
             causal: vec![false; cells],
             loss_weights: vec![0.0; cells],
-            rows: vec![RowUse::default(); c.rows],
+            rows: Vec::with_capacity(c.examples),
             images: Vec::new(),
             segments: Vec::new(),
         }
     }
 
-    /// The first row with room for `ex`; unpacked, the first empty row.
+    /// The first opened row with room for `ex`, else a new row; `None` when the batch is full.
     fn row_for(&self, ex: &Example, c: &PackConfig) -> Option<usize> {
-        self.rows.iter().position(|row| match c.packing {
-            true => {
-                row.tokens + ex.len() <= c.seq_len
-                    && row.images + ex.images.len() <= c.max_images_per_row
-                    && row.examples < u16::MAX // segment ids are u16
-            }
-            false => row.examples == 0,
-        })
+        if self.segments.len() == c.examples {
+            return None;
+        }
+        let with_room = self.rows.iter().position(|row| {
+            c.packing
+                && row.tokens + ex.len() <= c.seq_len
+                && row.images + ex.images.len() <= c.max_images_per_row
+                && row.examples < u16::MAX // segment ids are u16
+        });
+        Some(with_room.unwrap_or(self.rows.len()))
     }
 
     fn place(&mut self, row: usize, ex: Example, c: &PackConfig) {
+        if row == self.rows.len() {
+            self.rows.push(RowUse::default());
+        }
         let use_ = &mut self.rows[row];
         let start = use_.tokens;
         use_.tokens += ex.len();
@@ -227,6 +236,12 @@ impl Open {
     /// Images go out in row-major slot order, the order a mask scan over `tokens` meets them (as
     /// HF's `masked_scatter` does); segments stay in stream order.
     fn finish(mut self, c: &PackConfig) -> Batch {
+        let cells = self.rows.len() * c.seq_len;
+        self.tokens.truncate(cells);
+        self.segment_ids.truncate(cells);
+        self.positions.truncate(cells);
+        self.causal.truncate(cells);
+        self.loss_weights.truncate(cells);
         self.images.sort_by_key(|(slot, _)| (slot.row, slot.start));
         let mut pixels = Vec::with_capacity(self.images.len() * 3 * c.resolution * c.resolution);
         let mut image_slots = Vec::with_capacity(self.images.len());
@@ -235,7 +250,7 @@ impl Open {
             pixels.extend_from_slice(&image);
         }
         Batch {
-            rows: c.rows,
+            rows: self.rows.len(),
             seq_len: c.seq_len,
             resolution: c.resolution,
             tokens_per_image: c.tokens_per_image,

@@ -90,7 +90,7 @@ fn token_layout_and_masks_by_hand() {
 
     // Both in one row of 36: 16 + 16 tokens, then 4 of padding.
     let cfg = PackConfig {
-        rows: 1,
+        examples: 2,
         seq_len: 36,
         max_images_per_row: 2,
         packing: true,
@@ -468,7 +468,7 @@ fn examples_feed_the_packer_unchanged() {
         .format(&record, vec![image(0.25)], origin(1), &tok)
         .unwrap();
     let cfg = PackConfig {
-        rows: 2,
+        examples: 2,
         seq_len: 20,
         max_images_per_row: 1,
         packing: false,

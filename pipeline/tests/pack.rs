@@ -1,6 +1,7 @@
 //! Packing invariants over random example streams: every batch keeps the contract, examples never
 //! see each other, positions restart, loss falls only on suffix targets, image slots point at
-//! image tokens, rows are filled first-fit, and batches are contiguous runs of the stream.
+//! image tokens, rows are filled first-fit, every batch but the last holds the configured number
+//! of examples, and batches are contiguous runs of the stream.
 
 use pipeline::pack::{PackConfig, PackError, Packer};
 use pipeline::{Batch, Example, Location};
@@ -48,7 +49,7 @@ fn example(
 fn random_config(rng: &mut StdRng, packing: bool) -> PackConfig {
     let tokens_per_image = rng.random_range(1..=6);
     PackConfig {
-        rows: rng.random_range(1..=4),
+        examples: rng.random_range(1..=6),
         seq_len: rng.random_range(24..=64),
         max_images_per_row: rng.random_range(1..=3),
         packing,
@@ -99,13 +100,21 @@ fn pack_all(c: PackConfig, stream: &[Example]) -> Vec<Batch> {
 fn check_batch(b: &Batch, examples: &[&Example], c: &PackConfig) {
     b.validate().unwrap();
     assert_eq!(
-        (b.rows, b.seq_len, b.tokens_per_image),
-        (c.rows, c.seq_len, c.tokens_per_image)
+        (b.seq_len, b.tokens_per_image),
+        (c.seq_len, c.tokens_per_image)
     );
     assert_eq!(b.segments.len(), examples.len());
+    assert!(examples.len() <= c.examples);
+    // Rows are opened as needed: none is empty.
+    for row in 0..b.rows as u32 {
+        assert!(
+            b.segments.iter().any(|s| s.row == row),
+            "row {row} is empty"
+        );
+    }
     let at = |row: u32, t: usize| row as usize * c.seq_len + t;
 
-    let mut covered = vec![false; c.rows * c.seq_len];
+    let mut covered = vec![false; b.rows * c.seq_len];
     for (seg, ex) in b.segments.iter().zip(examples) {
         assert_eq!(
             (seg.task_id, &seg.origin, seg.len as usize),
@@ -143,7 +152,7 @@ fn check_batch(b: &Batch, examples: &[&Example], c: &PackConfig) {
             s.row as usize == row && (s.start as usize..(s.start + s.len) as usize).contains(&t)
         })
     };
-    for row in 0..c.rows {
+    for row in 0..b.rows {
         for i in 0..c.seq_len {
             for j in 0..c.seq_len {
                 let expected = match (seg_of(row, i), seg_of(row, j)) {
@@ -181,22 +190,25 @@ fn check_batch(b: &Batch, examples: &[&Example], c: &PackConfig) {
             .unwrap();
         assert_eq!(b.image(k), ex.images[which].as_slice());
     }
-    for row in 0..c.rows as u32 {
+    for row in 0..b.rows as u32 {
         let n = b.image_slots.iter().filter(|s| s.row == row).count();
         assert!(n <= c.max_images_per_row, "row {row} has {n} images");
     }
 }
 
-/// Replays placements: each example went to the first row with room at that moment, and a batch
-/// was closed only when the next example fit none of its rows.
+/// Replays placements: each example went to the first opened row with room at that moment (a new
+/// row when none had room), and a batch was closed only once it held `c.examples` examples.
 fn check_first_fit(batches: &[Batch], held: &[Vec<&Example>], c: &PackConfig) {
     let fits = |(tokens, images): (usize, usize), ex: &Example| {
         tokens + ex.len() <= c.seq_len && images + ex.images.len() <= c.max_images_per_row
     };
     for (k, (b, examples)) in batches.iter().zip(held).enumerate() {
-        let mut used = vec![(0, 0); c.rows];
+        let mut used: Vec<(usize, usize)> = Vec::new();
         for (seg, ex) in b.segments.iter().zip(examples) {
-            let first = used.iter().position(|&u| fits(u, ex)).unwrap();
+            let first = used.iter().position(|&u| fits(u, ex)).unwrap_or_else(|| {
+                used.push((0, 0));
+                used.len() - 1
+            });
             assert_eq!(
                 first, seg.row as usize,
                 "batch {k}: {} skipped an earlier row",
@@ -206,11 +218,9 @@ fn check_first_fit(batches: &[Batch], held: &[Vec<&Example>], c: &PackConfig) {
             used[first].0 += ex.len();
             used[first].1 += ex.images.len();
         }
-        if let Some(next) = held.get(k + 1) {
-            assert!(
-                used.iter().all(|&u| !fits(u, next[0])),
-                "batch {k} was closed early"
-            );
+        assert_eq!(used.len(), b.rows, "batch {k}: rows opened");
+        if held.get(k + 1).is_some() {
+            assert_eq!(examples.len(), c.examples, "batch {k} was closed early");
         }
     }
 }
@@ -249,20 +259,20 @@ fn packed_batches_keep_every_invariant() {
             check_batch(b, examples, &c);
         }
         check_first_fit(&batches, &held, &c);
-        // A batch closes only when no row is empty, so packing never needs more batches than
-        // one example per row would.
-        assert!(
-            batches.len() <= stream.len().div_ceil(c.rows),
+        // Batches keep their number of examples; packing saves rows, never more than a row
+        // per example.
+        assert_eq!(
+            batches.len(),
+            stream.len().div_ceil(c.examples),
             "seed {seed}"
         );
-        (packed, unpacked) = (
-            packed + batches.len(),
-            unpacked + stream.len().div_ceil(c.rows),
-        );
+        let rows: usize = batches.iter().map(|b| b.rows).sum();
+        assert!(rows <= stream.len(), "seed {seed}");
+        (packed, unpacked) = (packed + rows, unpacked + stream.len());
     }
     assert!(
-        packed * 3 < unpacked * 2,
-        "packing saves batches: {packed} vs {unpacked}"
+        packed * 4 < unpacked * 3,
+        "packing saves rows: {packed} vs {unpacked}"
     );
 }
 
@@ -274,9 +284,10 @@ fn unpacked_batches_hold_one_example_per_row() {
         let len = rng.random_range(1..30);
         let stream = random_stream(&mut rng, &c, len);
         let batches = pack_all(c, &stream);
-        assert_eq!(batches.len(), stream.len().div_ceil(c.rows));
+        assert_eq!(batches.len(), stream.len().div_ceil(c.examples));
         for (b, held) in batches.iter().zip(check_contiguous(&batches, &stream)) {
             check_batch(b, &held, &c);
+            assert_eq!(b.rows, held.len());
             for (r, seg) in b.segments.iter().enumerate() {
                 assert_eq!((seg.row as usize, seg.id, seg.start), (r, 1, 0));
             }
@@ -288,7 +299,7 @@ fn unpacked_batches_hold_one_example_per_row() {
 fn images_per_row_cap_opens_new_rows() {
     let mut rng = StdRng::seed_from_u64(7);
     let c = PackConfig {
-        rows: 2,
+        examples: 4,
         seq_len: 100,
         max_images_per_row: 2,
         packing: true,
@@ -336,7 +347,7 @@ fn images_per_row_cap_opens_new_rows() {
 fn examples_that_cannot_fit_are_errors_not_panics() {
     let mut rng = StdRng::seed_from_u64(3);
     let c = PackConfig {
-        rows: 2,
+        examples: 4,
         seq_len: 16,
         max_images_per_row: 1,
         packing: true,
@@ -393,7 +404,10 @@ fn examples_that_cannot_fit_are_errors_not_panics() {
     assert_eq!(b.segments.len(), 1);
     b.validate().unwrap();
 
-    for bad in [PackConfig { rows: 0, ..c }, PackConfig { seq_len: 0, ..c }] {
+    for bad in [
+        PackConfig { examples: 0, ..c },
+        PackConfig { seq_len: 0, ..c },
+    ] {
         assert!(matches!(
             Packer::new(bad).unwrap_err(),
             PackError::Config(_)
@@ -402,10 +416,10 @@ fn examples_that_cannot_fit_are_errors_not_panics() {
 }
 
 #[test]
-fn an_exactly_full_row_waits_for_the_next_example() {
+fn a_full_batch_waits_for_the_next_example() {
     let mut rng = StdRng::seed_from_u64(11);
     let c = PackConfig {
-        rows: 1,
+        examples: 1,
         seq_len: 10,
         max_images_per_row: 1,
         packing: true,

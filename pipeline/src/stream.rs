@@ -185,13 +185,20 @@ impl BatchStream {
             .build()
             .map_err(|e| PipelineError::Config(format!("cannot start the worker pool: {e}")))?;
         let (tx, batches) = bounded(config.prefetch.max(1));
-        let coordinator = Coordinator {
-            config,
+        let drawer = Drawer {
             schedule,
             receivers,
+            position: Position {
+                cursors: state.cursors.clone(),
+                schedule: state.schedule.clone(),
+            },
+            window: threads * WINDOW_PER_THREAD,
+        };
+        let coordinator = Coordinator {
+            config,
+            drawer,
             state,
             pool,
-            window: threads * WINDOW_PER_THREAD,
         };
         let coordinator = std::thread::Builder::new()
             .name("paliforge-stream".into())
@@ -235,18 +242,25 @@ struct Drawn {
 }
 
 /// The readers' cursors and the schedule's state at one point of the stream.
+#[derive(Clone)]
 struct Position {
     cursors: Vec<Cursor>,
     schedule: serde_json::Value,
 }
 
+/// A window of drawn rows, the CPU stage's results for them, and the position past the window.
+struct Window {
+    drawn: Vec<Drawn>,
+    processed: Vec<Result<Example, BadInput>>,
+    tail: Position,
+}
+
 struct Coordinator {
     config: StreamConfig,
-    schedule: Box<dyn Schedule>,
-    receivers: Vec<Option<mpsc::Receiver<SourceItem>>>,
+    drawer: Drawer,
+    /// The stream's state after the last example packed.
     state: StreamState,
     pool: rayon::ThreadPool,
-    window: usize,
 }
 
 type Sender = crossbeam_channel::Sender<Result<StreamBatch, PipelineError>>;
@@ -258,74 +272,155 @@ impl Coordinator {
         }
     }
 
+    /// Three windows in flight: while the pool processes one, this thread packs the one before
+    /// and draws the one after, so the cores never wait on the serial work.
     fn pump(&mut self, tx: &Sender) -> Result<(), PipelineError> {
-        let mut packer = Packer::new(self.config.pack)?;
-        loop {
-            let (drawn, tail) = self.draw_window();
-            if drawn.is_empty() {
-                self.state.cursors = tail.cursors;
-                self.state.schedule = tail.schedule;
-                break;
-            }
-            let processed = self.process(&drawn);
-            for (drawn, result) in drawn.into_iter().zip(processed) {
-                let before = StreamState {
-                    cursors: drawn.cursors_before,
-                    schedule: drawn.schedule_before,
-                    ..self.state.clone()
+        let Coordinator {
+            config,
+            drawer,
+            state,
+            pool,
+        } = self;
+        let mut packer = Packer::new(config.pack)?;
+        let mut output = Output { state, tx };
+        let mut done: Option<Window> = None;
+        let (mut drawn, mut tail) = drawer.draw_window();
+        while !drawn.is_empty() {
+            let mut processed = Vec::new();
+            let (next, packed) = pool.in_place_scope(|scope| {
+                scope.spawn(|_| processed = process(config, &drawn));
+                let packed = match done.take() {
+                    Some(window) => output.pack(window, &mut packer, config),
+                    None => Ok(()),
                 };
-                self.state.cursors = drawn.cursors_after;
-                self.state.schedule = drawn.schedule_after;
-                match result {
-                    Ok(example) => {
-                        if let Some(batch) = packer.push(example)? {
-                            // This example starts the next batch: resuming before it replays it.
-                            self.emit(batch, before, tx)?;
-                        }
-                        let counters = &mut self.state.tasks[drawn.task];
-                        counters.examples += 1;
-                        counters.epoch = self.state.cursors[drawn.task].epoch;
-                        self.state.examples += 1;
-                        self.state.bad_inputs.record_good();
-                    }
-                    Err(bad) => self.state.bad_inputs.record_bad(bad),
-                }
-                self.state.bad_inputs.check(&self.config.bad_input, false)?;
-            }
-            // Past what the window took after its last row: a pass's end, a spent task, the
-            // stage's end (so the last batch's state already belongs to the next stage).
-            self.state.cursors = tail.cursors;
-            self.state.schedule = tail.schedule;
+                (drawer.draw_window(), packed)
+            });
+            packed?;
+            done = Some(Window {
+                drawn,
+                processed,
+                tail,
+            });
+            (drawn, tail) = next;
         }
-        self.state.bad_inputs.check(&self.config.bad_input, true)?;
+        if let Some(window) = done {
+            output.pack(window, &mut packer, config)?;
+        }
+        // Past the last row: a pass's end, a spent task, the stage's end.
+        output.state.cursors = tail.cursors;
+        output.state.schedule = tail.schedule;
+        output.state.bad_inputs.check(&config.bad_input, true)?;
         if let Some(batch) = packer.flush() {
             // Everything drawn is in it: resuming after it starts after everything.
-            self.emit(batch, self.state.clone(), tx)?;
+            let resume = output.state.clone();
+            output.emit(batch, resume)?;
         }
         Ok(())
     }
+}
 
-    fn emit(
+/// The CPU stage for a window, on the pool: decode, resize, tokenize, format, in draw order.
+fn process(config: &StreamConfig, drawn: &[Drawn]) -> Vec<Result<Example, BadInput>> {
+    let tasks = &config.tasks;
+    let tokenizer = &config.tokenizer;
+    let resolution = config.pack.resolution;
+    drawn
+        .par_iter()
+        .map_init(ImageProcessor::new, |images, d| {
+            let record = d.item.as_ref().map_err(Clone::clone)?;
+            let mut pixels = Vec::with_capacity(record.images.len());
+            for image in &record.images {
+                let at = record.location.with_column(&image.column);
+                let decoded = images
+                    .process(&image.bytes, resolution as u32)
+                    .map_err(|e| BadInput::new(e.reason(), at, e.to_string()))?;
+                pixels.push(decoded);
+            }
+            tasks[d.task].formatter.format(
+                &record.fields,
+                pixels,
+                record.location.clone(),
+                tokenizer,
+            )
+        })
+        .collect()
+}
+
+/// Packs processed windows in order and sends the batches, each with the state that resumes
+/// right after it.
+struct Output<'a> {
+    state: &'a mut StreamState,
+    tx: &'a Sender,
+}
+
+impl Output<'_> {
+    fn pack(
         &mut self,
-        batch: Batch,
-        mut resume: StreamState,
-        tx: &Sender,
+        window: Window,
+        packer: &mut Packer,
+        config: &StreamConfig,
     ) -> Result<(), PipelineError> {
-        self.state.batches += 1;
-        resume.batches = self.state.batches;
-        tx.send(Ok(StreamBatch {
-            batch,
-            state: resume,
-        }))
-        .map_err(|_| PipelineError::Closed)
+        for (drawn, result) in window.drawn.into_iter().zip(window.processed) {
+            let before = StreamState {
+                cursors: drawn.cursors_before,
+                schedule: drawn.schedule_before,
+                ..self.state.clone()
+            };
+            self.state.cursors = drawn.cursors_after;
+            self.state.schedule = drawn.schedule_after;
+            match result {
+                Ok(example) => {
+                    if let Some(batch) = packer.push(example)? {
+                        // This example starts the next batch: resuming before it replays it.
+                        self.emit(batch, before)?;
+                    }
+                    let counters = &mut self.state.tasks[drawn.task];
+                    counters.examples += 1;
+                    counters.epoch = self.state.cursors[drawn.task].epoch;
+                    self.state.examples += 1;
+                    self.state.bad_inputs.record_good();
+                }
+                Err(bad) => self.state.bad_inputs.record_bad(bad),
+            }
+            self.state.bad_inputs.check(&config.bad_input, false)?;
+        }
+        // Past what the window took after its last row: a pass's end, a spent task, the
+        // stage's end (so the last batch's state already belongs to the next stage).
+        self.state.cursors = window.tail.cursors;
+        self.state.schedule = window.tail.schedule;
+        Ok(())
     }
 
+    fn emit(&mut self, batch: Batch, mut resume: StreamState) -> Result<(), PipelineError> {
+        self.state.batches += 1;
+        resume.batches = self.state.batches;
+        self.tx
+            .send(Ok(StreamBatch {
+                batch,
+                state: resume,
+            }))
+            .map_err(|_| PipelineError::Closed)
+    }
+}
+
+/// Draws rows from the readers in the schedule's order, a window at a time, ahead of packing.
+struct Drawer {
+    schedule: Box<dyn Schedule>,
+    receivers: Vec<Option<mpsc::Receiver<SourceItem>>>,
+    /// Past the last row drawn.
+    position: Position,
+    window: usize,
+}
+
+impl Drawer {
     /// Draws up to a window of rows in schedule order (empty once every task is spent), and
     /// the position after everything it consumed.
     fn draw_window(&mut self) -> (Vec<Drawn>, Position) {
         let mut drawn = Vec::with_capacity(self.window);
-        let mut cursors = self.state.cursors.clone();
-        let mut schedule_before = self.state.schedule.clone();
+        let Position {
+            mut cursors,
+            schedule: mut schedule_before,
+        } = self.position.clone();
         while drawn.len() < self.window {
             let Some(task) = self.schedule.next_task() else {
                 break;
@@ -370,38 +465,10 @@ impl Coordinator {
                 }
             }
         }
-        let tail = Position {
+        self.position = Position {
             cursors,
             schedule: schedule_before,
         };
-        (drawn, tail)
-    }
-
-    fn process(&self, drawn: &[Drawn]) -> Vec<Result<Example, BadInput>> {
-        let tasks = &self.config.tasks;
-        let tokenizer = &self.config.tokenizer;
-        let resolution = self.config.pack.resolution;
-        self.pool.install(|| {
-            drawn
-                .par_iter()
-                .map_init(ImageProcessor::new, |images, d| {
-                    let record = d.item.as_ref().map_err(Clone::clone)?;
-                    let mut pixels = Vec::with_capacity(record.images.len());
-                    for image in &record.images {
-                        let at = record.location.with_column(&image.column);
-                        let decoded = images
-                            .process(&image.bytes, resolution as u32)
-                            .map_err(|e| BadInput::new(e.reason(), at, e.to_string()))?;
-                        pixels.push(decoded);
-                    }
-                    tasks[d.task].formatter.format(
-                        &record.fields,
-                        pixels,
-                        record.location.clone(),
-                        tokenizer,
-                    )
-                })
-                .collect()
-        })
+        (drawn, self.position.clone())
     }
 }

@@ -1,5 +1,6 @@
 //! One example formatted as the token layout of DESIGN.md, before packing.
 
+use crate::image::SquareImage;
 use crate::location::Location;
 
 /// An example ready to pack: its tokens, where its prefix ends, and its preprocessed images.
@@ -9,8 +10,8 @@ pub struct Example {
     pub tokens: Vec<u32>,
     /// Positions `0..prefix_len` (images, `<bos>`, prefix, "\n") attend fully; the rest is causal.
     pub prefix_len: usize,
-    /// One `[3, R, R]` image per image slot, in order.
-    pub images: Vec<Vec<f32>>,
+    /// Its images at the stage's resolution, in order.
+    pub images: Vec<SquareImage>,
     /// Start position of each image's tokens in `tokens`.
     pub image_starts: Vec<usize>,
     pub task_id: u16,

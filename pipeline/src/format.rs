@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::bad_input::{BadInput, Reason};
 use crate::example::Example;
+use crate::image::SquareImage;
 use crate::loc::{Detection, LocBox, render_detections};
 use crate::location::Location;
 use crate::text::PaliTokenizer;
@@ -177,7 +178,7 @@ impl Formatter {
     pub fn format(
         &self,
         fields: &Map<String, Value>,
-        images: Vec<Vec<f32>>,
+        images: Vec<SquareImage>,
         origin: Location,
         tok: &PaliTokenizer,
     ) -> Result<Example, BadInput> {

@@ -12,6 +12,7 @@
 
 use crate::batch::{Batch, ImageSlot, Segment};
 use crate::example::Example;
+use crate::image::SquareImage;
 use crate::location::Location;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,12 +130,12 @@ impl Packer {
                 ex.images.len()
             ));
         }
-        let pixels = 3 * c.resolution * c.resolution;
         for (image, &start) in ex.images.iter().zip(&ex.image_starts) {
-            if image.len() != pixels {
+            if image.side() as usize != c.resolution {
                 return malformed(format!(
-                    "an image has {} values, expected {pixels}",
-                    image.len()
+                    "an image is {0}x{0}, expected {1}x{1}",
+                    image.side(),
+                    c.resolution
                 ));
             }
             if start + c.tokens_per_image > ex.prefix_len {
@@ -156,7 +157,7 @@ struct Open {
     loss_weights: Vec<f32>,
     /// Per opened row: tokens used, images, examples.
     rows: Vec<RowUse>,
-    images: Vec<(ImageSlot, Vec<f32>)>,
+    images: Vec<(ImageSlot, SquareImage)>,
     segments: Vec<Segment>,
 }
 
@@ -247,7 +248,7 @@ impl Open {
         let mut image_slots = Vec::with_capacity(self.images.len());
         for (slot, image) in self.images {
             image_slots.push(slot);
-            pixels.extend_from_slice(&image);
+            image.normalise_onto(&mut pixels);
         }
         Batch {
             rows: self.rows.len(),

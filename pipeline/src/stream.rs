@@ -332,7 +332,7 @@ fn process(config: &StreamConfig, drawn: &[Drawn]) -> Vec<Result<Example, BadInp
             for image in &record.images {
                 let at = record.location.with_column(&image.column);
                 let decoded = images
-                    .process(&image.bytes, resolution as u32)
+                    .square(&image.bytes, resolution as u32)
                     .map_err(|e| BadInput::new(e.reason(), at, e.to_string()))?;
                 pixels.push(decoded);
             }

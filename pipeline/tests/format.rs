@@ -5,6 +5,7 @@
 //! every expected id below can be checked by eye.
 
 use pipeline::format::{FormatConfig, FormatError, Formatter, OverLength};
+use pipeline::image::SquareImage;
 use pipeline::pack::{PackConfig, Packer};
 use pipeline::text::{PaliTokenizer, add_paligemma_tokens};
 use pipeline::{BadInputStats, Example, ImageSlot, Location, Reason};
@@ -51,8 +52,8 @@ fn fields(value: Value) -> Map<String, Value> {
     value.as_object().unwrap().clone()
 }
 
-fn image(fill: f32) -> Vec<f32> {
-    vec![fill; 3 * 28 * 28]
+fn image(level: u8) -> SquareImage {
+    SquareImage::new(28, vec![level; 3 * 28 * 28]).unwrap()
 }
 
 fn origin(row: usize) -> Location {
@@ -69,7 +70,7 @@ fn token_layout_and_masks_by_hand() {
 
     let record = fields(json!({"question": "what colour is the circle?", "answer": "red"}));
     let ex = f
-        .format(&record, vec![image(0.5)], origin(3), &tok)
+        .format(&record, vec![image(200)], origin(3), &tok)
         .unwrap();
     // 4 image tokens, <bos>, answer en what colour is the circle ?, "\n", red, <eos>
     let expected = [IMG, IMG, IMG, IMG, 2, 5, 6, 7, 8, 9, 10, 11, 12, 3, 13, 1];
@@ -80,9 +81,7 @@ fn token_layout_and_masks_by_hand() {
     assert_eq!(ex.origin, origin(3));
 
     let record = fields(json!({"question": "what colour is the square?", "answer": "blue"}));
-    let ex2 = f
-        .format(&record, vec![image(-0.5)], origin(4), &tok)
-        .unwrap();
+    let ex2 = f.format(&record, vec![image(50)], origin(4), &tok).unwrap();
     assert_eq!(
         ex2.tokens,
         [IMG, IMG, IMG, IMG, 2, 5, 6, 7, 8, 9, 10, 16, 12, 3, 14, 1]
@@ -148,8 +147,8 @@ fn token_layout_and_masks_by_hand() {
             ImageSlot { row: 0, start: 16 }
         ]
     );
-    assert_eq!(b.image(0), image(0.5).as_slice());
-    assert_eq!(b.image(1), image(-0.5).as_slice());
+    assert_eq!(b.image(0), image(200).normalised().as_slice());
+    assert_eq!(b.image(1), image(50).normalised().as_slice());
     let segs: Vec<_> = b
         .segments
         .iter()
@@ -191,7 +190,7 @@ fn text_only_and_multi_image_examples() {
     let ex = f
         .format(
             &record,
-            vec![image(0.0), image(1.0), image(-1.0)],
+            vec![image(128), image(255), image(0)],
             origin(0),
             &tok,
         )
@@ -210,14 +209,14 @@ fn over_length_truncates_the_suffix_end_or_skips() {
         fields(json!({"question": "what colour is the circle?", "answer": "red blue red"}));
     // Text: <bos> + 8 + "\n" = 10 of prefix, then 3 + <eos>: 14 in all.
     let full = vqa(14, OverLength::Skip)
-        .format(&record, vec![image(0.)], origin(0), &tok)
+        .format(&record, vec![image(128)], origin(0), &tok)
         .unwrap();
     assert_eq!(full.tokens[14..], [13, 14, 13, 1]);
     assert!(!full.truncated);
 
     let mut stats = BadInputStats::default();
     let cut = vqa(12, OverLength::Truncate)
-        .format(&record, vec![image(0.)], origin(0), &tok)
+        .format(&record, vec![image(128)], origin(0), &tok)
         .unwrap();
     assert!(cut.truncated);
     assert_eq!(cut.len(), 4 + 12);
@@ -226,7 +225,7 @@ fn over_length_truncates_the_suffix_end_or_skips() {
     assert_eq!(targets, 2);
 
     let skip = vqa(12, OverLength::Skip)
-        .format(&record, vec![image(0.)], origin(5), &tok)
+        .format(&record, vec![image(128)], origin(5), &tok)
         .unwrap_err();
     assert_eq!(skip.reason, Reason::OverLength);
     assert_eq!(skip.location, origin(5));
@@ -465,7 +464,7 @@ fn examples_feed_the_packer_unchanged() {
     let f = vqa(16, OverLength::Truncate);
     let record = fields(json!({"question": "what colour is the circle?", "answer": "red"}));
     let ex: Example = f
-        .format(&record, vec![image(0.25)], origin(1), &tok)
+        .format(&record, vec![image(160)], origin(1), &tok)
         .unwrap();
     let cfg = PackConfig {
         examples: 2,

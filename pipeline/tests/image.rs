@@ -203,12 +203,10 @@ fn output_is_channels_first_in_minus_one_one() {
     let chw = processor.process(&fixture("grey.jpg"), 16).unwrap();
     let (r, gb) = chw.split_at(256);
     assert!(gb.chunks(256).all(|plane| plane == r));
-    // process_into writes the same values in place.
-    let mut slot = vec![9.0; pixels_len(16)];
-    processor
-        .process_into(&fixture("grey.jpg"), 16, &mut slot)
-        .unwrap();
-    assert_eq!(slot, chw);
+    // The 8-bit square image that batches are assembled from normalises to the same values.
+    let square = processor.square(&fixture("grey.jpg"), 16).unwrap();
+    assert_eq!(square.side(), 16);
+    assert_eq!(square.normalised(), chw);
 }
 
 #[test]
@@ -217,7 +215,7 @@ fn decode_then_resize_equals_process() {
     let bytes = fixture("coffee.png");
     let rgb = processor.decode_rgb(&bytes, Some(224)).unwrap();
     assert_eq!(
-        processor.resize_normalise(&rgb, 224).unwrap(),
+        processor.resize(&rgb, 224).unwrap().normalised(),
         processor.process(&bytes, 224).unwrap()
     );
 }
@@ -419,7 +417,7 @@ fn drawn_prompts_survive_the_resize() {
         .decode_rgb(&fixture("coffee.png"), Some(64))
         .unwrap();
     draw_box(&mut rgb, [0.25, 0.25, 0.75, 0.75], Rgb([0, 0, 255]), 0.05);
-    let levels = to_levels(&processor.resize_normalise(&rgb, 64).unwrap(), 64);
+    let levels = to_levels(&processor.resize(&rgb, 64).unwrap().normalised(), 64);
     // The top edge runs along rows 16-19 of 64, from column 16 to 47.
     let px = &levels[(17 * 64 + 32) * 3..][..3];
     assert!(px[0] < 30.0 && px[1] < 30.0 && px[2] > 225.0, "{px:?}");

@@ -15,14 +15,13 @@
 use std::cell::RefCell;
 use std::time::Instant;
 
-use pipeline::image::{ImageProcessor, pixels_len};
+use pipeline::image::ImageProcessor;
 use rayon::prelude::*;
 
 const RESOLUTION: u32 = 224;
 
 thread_local! {
-    static PROCESSOR: RefCell<(ImageProcessor, Vec<f32>)> =
-        RefCell::new((ImageProcessor::new(), vec![0.0; pixels_len(RESOLUTION)]));
+    static PROCESSOR: RefCell<ImageProcessor> = RefCell::new(ImageProcessor::new());
 }
 
 /// (on-CPU, waiting to run) nanoseconds of all this process's threads.
@@ -41,11 +40,13 @@ fn scheduled_ns() -> (u64, u64) {
 
 fn run(images: &[Vec<u8>], decode_only: bool) {
     images.par_iter().for_each(|bytes| {
-        PROCESSOR.with_borrow_mut(|(processor, chw)| {
+        PROCESSOR.with_borrow_mut(|processor| {
             let done = if decode_only {
                 processor.decode_rgb(bytes, Some(RESOLUTION)).map(drop)
             } else {
-                processor.process_into(bytes, RESOLUTION, chw)
+                processor
+                    .square(bytes, RESOLUTION)
+                    .map(|s| drop(s.normalised()))
             };
             done.expect("benchmark images decode");
         })

@@ -3,6 +3,7 @@
 //! image tokens, rows are filled first-fit, every batch but the last holds the configured number
 //! of examples, and batches are contiguous runs of the stream.
 
+use pipeline::image::SquareImage;
 use pipeline::pack::{PackConfig, PackError, Packer};
 use pipeline::{Batch, Example, Location};
 use rand::rngs::StdRng;
@@ -17,7 +18,8 @@ const RES: usize = 2;
 const PIXELS: usize = 3 * RES * RES;
 
 /// Example `index` of a stream: `images` images of `n` tokens, then `<bos>` prefix "\n" suffix
-/// `<eos>`. Its pixels hold `index + i / 10` so a batch's images can be traced back.
+/// `<eos>`. Its image `i` holds `index` in its first bytes and `i` in the rest, so a batch's
+/// images can be traced back.
 fn example(
     index: usize,
     images: usize,
@@ -37,7 +39,11 @@ fn example(
         tokens,
         prefix_len,
         images: (0..images)
-            .map(|i| vec![index as f32 + i as f32 / 10.0; PIXELS])
+            .map(|i| {
+                let mut rgb = vec![i as u8; PIXELS];
+                rgb[..8].copy_from_slice(&(index as u64).to_le_bytes());
+                SquareImage::new(RES as u32, rgb).unwrap()
+            })
             .collect(),
         image_starts: (0..images).map(|i| i * n).collect(),
         task_id: (index % 3) as u16,
@@ -188,7 +194,7 @@ fn check_batch(b: &Batch, examples: &[&Example], c: &PackConfig) {
             .iter()
             .position(|&s| s == (slot.start - seg.start) as usize)
             .unwrap();
-        assert_eq!(b.image(k), ex.images[which].as_slice());
+        assert_eq!(b.image(k), ex.images[which].normalised().as_slice());
     }
     for row in 0..b.rows as u32 {
         let n = b.image_slots.iter().filter(|s| s.row == row).count();
@@ -386,7 +392,8 @@ fn examples_that_cannot_fit_are_errors_not_panics() {
     );
 
     let mut wrong_pixels = example(3, 1, 2, 1, 1, &mut rng);
-    wrong_pixels.images[0].pop();
+    let side = RES as u32 + 1;
+    wrong_pixels.images[0] = SquareImage::new(side, vec![0; PIXELS * 9 / 4]).unwrap();
     assert!(matches!(
         packer.push(wrong_pixels).unwrap_err(),
         PackError::Malformed { .. }

@@ -98,7 +98,7 @@ fn formatted_example_matches_the_reference_layout() {
     let ex = f
         .format(
             record.as_object().unwrap(),
-            vec![vec![0.0; 3 * 224 * 224]],
+            vec![pipeline::image::SquareImage::new(224, vec![0; 3 * 224 * 224]).unwrap()],
             Location::default(),
             tok,
         )

@@ -10,6 +10,7 @@ mod draw;
 mod error;
 mod jpeg;
 mod resize;
+mod square;
 #[cfg(feature = "turbojpeg")]
 mod turbo;
 
@@ -20,6 +21,7 @@ pub use image::{Rgb, RgbImage};
 
 pub use draw::{draw_box, draw_point};
 pub use error::ImageError;
+pub use square::SquareImage;
 
 /// The number of f32 values of one image at `resolution`: `3 * R * R`.
 pub fn pixels_len(resolution: u32) -> usize {
@@ -65,26 +67,18 @@ impl ImageProcessor {
         self
     }
 
-    /// Decodes, orients, resizes to `resolution` squared and normalises: `[3, R, R]` in [-1, 1].
-    pub fn process(&mut self, bytes: &[u8], resolution: u32) -> Result<Vec<f32>, ImageError> {
-        let mut chw = vec![0.0; pixels_len(resolution)];
-        self.process_into(bytes, resolution, &mut chw)?;
-        Ok(chw)
-    }
-
-    /// [`process`](Self::process) into `chw`, such as an image's place in a batch. `chw` must
-    /// hold exactly `pixels_len(resolution)` values: any other length is a bug, and panics.
-    pub fn process_into(
-        &mut self,
-        bytes: &[u8],
-        resolution: u32,
-        chw: &mut [f32],
-    ) -> Result<(), ImageError> {
+    /// Decodes, orients and resizes to `resolution` squared.
+    pub fn square(&mut self, bytes: &[u8], resolution: u32) -> Result<SquareImage, ImageError> {
         let buffer = std::mem::take(&mut self.pixels);
         let rgb = self.decode(bytes, Some(resolution), buffer)?;
-        let done = self.resize.run(&rgb, resolution, chw);
+        let square = self.resize.run(&rgb, resolution);
         self.pixels = rgb.into_raw();
-        done
+        square
+    }
+
+    /// Decodes, orients, resizes to `resolution` squared and normalises: `[3, R, R]` in [-1, 1].
+    pub fn process(&mut self, bytes: &[u8], resolution: u32) -> Result<Vec<f32>, ImageError> {
+        Ok(self.square(bytes, resolution)?.normalised())
     }
 
     /// Decodes to upright RGB 8-bit, for previews, re-encoding and visual prompts. With a hint,
@@ -98,16 +92,9 @@ impl ImageProcessor {
         self.decode(bytes, min_side_hint, Vec::new())
     }
 
-    /// The second half of [`process`](Self::process), for an image already decoded (and drawn
-    /// on): `[3, R, R]` in [-1, 1].
-    pub fn resize_normalise(
-        &mut self,
-        rgb: &RgbImage,
-        resolution: u32,
-    ) -> Result<Vec<f32>, ImageError> {
-        let mut chw = vec![0.0; pixels_len(resolution)];
-        self.resize.run(rgb, resolution, &mut chw)?;
-        Ok(chw)
+    /// The second half of [`square`](Self::square), for an image already decoded (and drawn on).
+    pub fn resize(&mut self, rgb: &RgbImage, resolution: u32) -> Result<SquareImage, ImageError> {
+        self.resize.run(rgb, resolution)
     }
 
     fn decode(

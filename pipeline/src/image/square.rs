@@ -36,12 +36,16 @@ impl SquareImage {
 
     /// Appends the `[3, R, R]` values of the batch contract: channels first, x / 127.5 - 1.
     pub fn normalise_onto(&self, chw: &mut Vec<f32>) {
-        for channel in 0..3 {
-            chw.extend(
-                self.rgb
-                    .chunks_exact(3)
-                    .map(|px| NORMALISED[usize::from(px[channel])]),
-            );
+        let plane = self.rgb.len() / 3;
+        let start = chw.len();
+        // One pass over the pixels, three planes written at once.
+        chw.resize(start + 3 * plane, 0.0);
+        let (r, rest) = chw[start..].split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
+        for (((px, r), g), b) in self.rgb.chunks_exact(3).zip(r).zip(g).zip(b) {
+            *r = NORMALISED[usize::from(px[0])];
+            *g = NORMALISED[usize::from(px[1])];
+            *b = NORMALISED[usize::from(px[2])];
         }
     }
 

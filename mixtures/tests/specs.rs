@@ -78,7 +78,7 @@ fn quickstart_fits_the_demo_data_and_runs_its_three_stages() {
     let per_stage = |stage| draws.iter().filter(|d| d.stage == stage).count();
     assert_eq!(
         [per_stage(0), per_stage(1), per_stage(2)],
-        [6_400, 768, 256]
+        [11_200, 768, 256]
     );
     // Stage 2 is re-weighted toward detection: 2 of 5 parts instead of 3 of 10.
     let detect_share = |stage| {
@@ -87,9 +87,11 @@ fn quickstart_fits_the_demo_data_and_runs_its_three_stages() {
             .filter(|d| d.stage == stage && d.task == detect)
             .count()
     };
-    assert_eq!(detect_share(0), 6_400 * 3 / 10);
+    assert_eq!(detect_share(0), 11_200 * 3 / 10);
     assert_eq!(detect_share(1), 768 * 2 / 5);
     assert_eq!(mixture.stages[2].training().lr, 1e-5);
+    // Rows sized for the two-image task hold two one-image examples: every stage packs.
+    assert!(mixture.stages.iter().all(|s| s.packing()));
 }
 
 #[test]

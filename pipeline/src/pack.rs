@@ -235,7 +235,7 @@ impl Open {
     }
 
     /// Images go out in row-major slot order, the order a mask scan over `tokens` meets them (as
-    /// HF's `masked_scatter` does); segments stay in stream order.
+    /// HF's `masked_scatter` does), normalised to f32 only here; segments stay in stream order.
     fn finish(mut self, c: &PackConfig) -> Batch {
         let cells = self.rows.len() * c.seq_len;
         self.tokens.truncate(cells);

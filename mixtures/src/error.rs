@@ -109,6 +109,8 @@ pub enum Problem {
     MissingSize { source_name: String },
     #[error("must be at least 1")]
     Zero,
+    #[error("a visual prompt needs exactly one of `box` or `point` (a column name)")]
+    VisualPromptMark,
     #[error("must be in {range}, got {value}")]
     OutOfRange { value: f64, range: &'static str },
     #[error("resolution {resolution} is not a multiple of the patch size {patch}")]

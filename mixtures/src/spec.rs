@@ -106,6 +106,37 @@ pub struct Task {
     pub filter: Option<Filter>,
     #[serde(default)]
     pub evaluator: Evaluator,
+    /// A box or point from the row drawn onto the task's images before they are resized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visual_prompt: Option<VisualPrompt>,
+}
+
+/// The paper's visual prompts: a mark drawn into the image instead of (or as well as) naming the
+/// region in text. `visual_prompt = { box = "region" }` outlines the box in column `region`
+/// (`[y0, x0, y1, x1]` normalised to [0, 1], or an object with those keys); `{ point = "at" }`
+/// draws a dot at `[y, x]`. Exactly one of the two.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisualPrompt {
+    #[serde(default, rename = "box", skip_serializing_if = "Option::is_none")]
+    pub box_column: Option<String>,
+    #[serde(default, rename = "point", skip_serializing_if = "Option::is_none")]
+    pub point_column: Option<String>,
+    /// RGB; default red.
+    #[serde(default = "VisualPrompt::red")]
+    pub colour: [u8; 3],
+    /// The box's line width or the point's radius, a fraction of the image's side (default 0.02).
+    #[serde(default = "VisualPrompt::default_thickness")]
+    pub thickness: f64,
+}
+
+impl VisualPrompt {
+    fn red() -> [u8; 3] {
+        [255, 0, 0]
+    }
+    fn default_thickness() -> f64 {
+        0.02
+    }
 }
 
 /// What to do with an example whose text exceeds its length.

@@ -245,6 +245,29 @@ impl Checker<'_, '_> {
                 let filter_path = key_path(&key_path(&path, "filter"), "column");
                 self.unknown_column(filter_path, &task.source, &filter.column, names);
             }
+            if let Some(prompt) = &task.visual_prompt {
+                let prompt_path = key_path(&path, "visual_prompt");
+                match (&prompt.box_column, &prompt.point_column) {
+                    (Some(column), None) | (None, Some(column)) => {
+                        let key = if prompt.box_column.is_some() {
+                            "box"
+                        } else {
+                            "point"
+                        };
+                        if let Some(names) = names.as_ref().filter(|n| !n.contains(column)) {
+                            let column_path = key_path(&prompt_path, key);
+                            self.unknown_column(column_path, &task.source, column, names);
+                        }
+                    }
+                    _ => self.error(&prompt_path, Problem::VisualPromptMark),
+                }
+                self.in_range(
+                    key_path(&prompt_path, "thickness"),
+                    Some(prompt.thickness),
+                    |t| t > 0.0 && t <= 0.5,
+                    "(0, 0.5]",
+                );
+            }
         }
     }
 

@@ -471,3 +471,41 @@ fn parse_errors_name_the_line() {
     let message = Mixture::from_json_str(json).unwrap_err().to_string();
     assert!(message.contains("duplicate name \"a\""), "{message}");
 }
+
+#[test]
+fn visual_prompts_name_one_real_column_and_a_sane_thickness() {
+    let with = |prompt: &str| {
+        edit(
+            "suffix = \"{caption}\"",
+            &format!("suffix = \"{{caption}}\"\nvisual_prompt = {prompt}"),
+        )
+    };
+    assert_eq!(errors(&with("{ box = \"caption\" }")), []);
+    assert_eq!(
+        errors(&with(
+            "{ point = \"split\", colour = [0, 0, 255], thickness = 0.1 }"
+        )),
+        []
+    );
+    let error = only_error(&with("{ box = \"regoin\" }"));
+    assert!(
+        error.starts_with("tasks.caption.visual_prompt.box (line"),
+        "{error}"
+    );
+    assert!(error.contains("no column \"regoin\""), "{error}");
+    let error = only_error(&with("{ box = \"caption\", point = \"split\" }"));
+    assert!(
+        error.starts_with("tasks.caption.visual_prompt (line"),
+        "{error}"
+    );
+    assert!(
+        error.ends_with("exactly one of `box` or `point` (a column name)"),
+        "{error}"
+    );
+    assert!(only_error(&with("{ colour = [255, 0, 0] }")).contains("exactly one of"));
+    let error = only_error(&with("{ box = \"caption\", thickness = 0 }"));
+    assert!(
+        error.starts_with("tasks.caption.visual_prompt.thickness"),
+        "{error}"
+    );
+}

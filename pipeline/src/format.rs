@@ -329,7 +329,7 @@ fn detections(value: &Value) -> Result<String, &'static str> {
 }
 
 /// `[y0, x0, y1, x1]` or an object with those keys (others ignored).
-fn parse_box(value: &Value) -> Option<LocBox> {
+pub(crate) fn parse_box(value: &Value) -> Option<LocBox> {
     let number = |v: Option<&Value>| v?.as_f64().filter(|v| v.is_finite());
     let [y0, x0, y1, x1] = match value {
         Value::Array(items) if items.len() == 4 => [

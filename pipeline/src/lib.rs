@@ -26,6 +26,7 @@ pub mod source;
 pub mod stream;
 pub mod text;
 pub mod tokenizer_file;
+pub mod visual_prompt;
 pub mod word_tokenizer;
 pub mod writer;
 

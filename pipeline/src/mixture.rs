@@ -14,6 +14,7 @@ use crate::schedule::Schedule;
 use crate::source::{RowFilter, ShardSpec, SourceConfig};
 use crate::stream::{BatchStream, StreamConfig, StreamState, StreamTask};
 use crate::text::{PaliTokenizer, TokenFamily, TokenizerError};
+use crate::visual_prompt::{Mark, VisualPrompt};
 
 /// SigLIP's patch: 14 pixels for every released PaliGemma.
 pub const PATCH: usize = 14;
@@ -195,6 +196,23 @@ fn stage_config(
                 .require(TokenFamily::Loc, &needed_by)
                 .map_err(|e| PipelineError::Config(format!("{}: {e}", key(which))))?;
         }
+        let visual_prompt = task.visual_prompt.as_ref().map(|prompt| {
+            let (field, mark) = match (&prompt.box_column, &prompt.point_column) {
+                (Some(column), _) => (column, Mark::Box),
+                (None, Some(column)) => (column, Mark::Point),
+                (None, None) => unreachable!("validated: a box or a point"),
+            };
+            let pair = (field.clone(), source.column(field).to_string());
+            if !columns.contains(&pair) {
+                columns.push(pair);
+            }
+            VisualPrompt {
+                field: field.clone(),
+                mark,
+                colour: image::Rgb(prompt.colour),
+                thickness: prompt.thickness as f32,
+            }
+        });
         let filter = task.filter.as_ref().map(|f| RowFilter {
             column: source.column(&f.column).to_string(),
             value: serde_json::to_value(&f.equals).expect("plain data"),
@@ -210,6 +228,7 @@ fn stage_config(
             columns,
             filter,
             formatter,
+            visual_prompt,
             active,
         });
     }

@@ -15,17 +15,18 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::PipelineError;
-use crate::bad_input::{BadInput, BadInputPolicy, BadInputStats};
+use crate::bad_input::{BadInput, BadInputPolicy, BadInputStats, Reason};
 use crate::batch::Batch;
 use crate::example::Example;
 use crate::format::Formatter;
-use crate::image::ImageProcessor;
+use crate::image::{ImageError, ImageProcessor};
 use crate::pack::{PackConfig, Packer};
 use crate::schedule::Schedule;
 use crate::source::{
     Cursor, Fetcher, OpenSource, Reader, RowFilter, ShardSpec, SourceConfig, SourceItem,
 };
 use crate::text::PaliTokenizer;
+use crate::visual_prompt::VisualPrompt;
 
 /// One task of the stream: which source feeds it and how its rows become examples.
 pub struct StreamTask {
@@ -36,6 +37,8 @@ pub struct StreamTask {
     pub columns: Vec<(String, String)>,
     pub filter: Option<RowFilter>,
     pub formatter: Formatter,
+    /// A mark from the row drawn onto its images before they are resized.
+    pub visual_prompt: Option<VisualPrompt>,
     /// A task the schedule never draws in this stream gets no reader.
     pub active: bool,
 }
@@ -328,13 +331,27 @@ fn process(config: &StreamConfig, drawn: &[Drawn]) -> Vec<Result<Example, BadInp
         .par_iter()
         .map_init(ImageProcessor::new, |images, d| {
             let record = d.item.as_ref().map_err(Clone::clone)?;
+            let prompt = tasks[d.task].visual_prompt.as_ref();
             let mut pixels = Vec::with_capacity(record.images.len());
             for image in &record.images {
                 let at = record.location.with_column(&image.column);
-                let decoded = images
-                    .square(&image.bytes, resolution as u32)
-                    .map_err(|e| BadInput::new(e.reason(), at, e.to_string()))?;
-                pixels.push(decoded);
+                let bad = |e: ImageError| BadInput::new(e.reason(), at.clone(), e.to_string());
+                let square = match prompt {
+                    None => images
+                        .square(&image.bytes, resolution as u32)
+                        .map_err(bad)?,
+                    Some(prompt) => {
+                        let mut rgb = images
+                            .decode_rgb(&image.bytes, Some(resolution as u32))
+                            .map_err(bad)?;
+                        prompt.draw(&mut rgb, &record.fields).map_err(|e| {
+                            let at = record.location.with_column(&prompt.field);
+                            BadInput::new(Reason::BadTemplateValue, at, e)
+                        })?;
+                        images.resize(&rgb, resolution as u32).map_err(bad)?
+                    }
+                };
+                pixels.push(square);
             }
             tasks[d.task].formatter.format(
                 &record.fields,

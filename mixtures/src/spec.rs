@@ -130,7 +130,35 @@ pub struct VisualPrompt {
     pub thickness: f64,
 }
 
+/// What a visual prompt draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// `[y0, x0, y1, x1]`, outlined.
+    Box,
+    /// `[y, x]`, a filled dot.
+    Point,
+}
+
+impl Mark {
+    /// The spec's key for it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Mark::Box => "box",
+            Mark::Point => "point",
+        }
+    }
+}
+
 impl VisualPrompt {
+    /// The mark and the column holding it; `None` unless exactly one of `box`, `point` is set.
+    pub fn mark(&self) -> Option<(Mark, &str)> {
+        match (&self.box_column, &self.point_column) {
+            (Some(column), None) => Some((Mark::Box, column)),
+            (None, Some(column)) => Some((Mark::Point, column)),
+            _ => None,
+        }
+    }
+
     fn red() -> [u8; 3] {
         [255, 0, 0]
     }

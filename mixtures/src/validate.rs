@@ -247,19 +247,16 @@ impl Checker<'_, '_> {
             }
             if let Some(prompt) = &task.visual_prompt {
                 let prompt_path = key_path(&path, "visual_prompt");
-                match (&prompt.box_column, &prompt.point_column) {
-                    (Some(column), None) | (None, Some(column)) => {
-                        let key = if prompt.box_column.is_some() {
-                            "box"
-                        } else {
-                            "point"
-                        };
-                        if let Some(names) = names.as_ref().filter(|n| !n.contains(column)) {
-                            let column_path = key_path(&prompt_path, key);
+                match prompt.mark() {
+                    Some((mark, column)) => {
+                        if let Some(names) =
+                            names.as_ref().filter(|n| !n.iter().any(|n| n == column))
+                        {
+                            let column_path = key_path(&prompt_path, mark.key());
                             self.unknown_column(column_path, &task.source, column, names);
                         }
                     }
-                    _ => self.error(&prompt_path, Problem::VisualPromptMark),
+                    None => self.error(&prompt_path, Problem::VisualPromptMark),
                 }
                 self.in_range(
                     key_path(&prompt_path, "thickness"),

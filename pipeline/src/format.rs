@@ -350,7 +350,7 @@ pub(crate) fn parse_box(value: &Value) -> Option<LocBox> {
 }
 
 /// A value for an error message, cut to a readable length.
-fn short(value: &Value) -> String {
+pub(crate) fn short(value: &Value) -> String {
     let text = value.to_string();
     match text.char_indices().nth(80) {
         Some((at, _)) => format!("{}...", &text[..at]),

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mixtures::{Mixture, Sampler, SamplerState};
+use mixtures::{Mixture, Problem, Sampler, SamplerState};
 
 use crate::PipelineError;
 use crate::bad_input::BadInputPolicy;
@@ -14,7 +14,7 @@ use crate::schedule::Schedule;
 use crate::source::{RowFilter, ShardSpec, SourceConfig};
 use crate::stream::{BatchStream, StreamConfig, StreamState, StreamTask};
 use crate::text::{PaliTokenizer, TokenFamily, TokenizerError};
-use crate::visual_prompt::{Mark, VisualPrompt};
+use crate::visual_prompt::VisualPrompt;
 
 /// SigLIP's patch: 14 pixels for every released PaliGemma.
 pub const PATCH: usize = 14;
@@ -196,23 +196,28 @@ fn stage_config(
                 .require(TokenFamily::Loc, &needed_by)
                 .map_err(|e| PipelineError::Config(format!("{}: {e}", key(which))))?;
         }
-        let visual_prompt = task.visual_prompt.as_ref().map(|prompt| {
-            let (field, mark) = match (&prompt.box_column, &prompt.point_column) {
-                (Some(column), _) => (column, Mark::Box),
-                (None, Some(column)) => (column, Mark::Point),
-                (None, None) => unreachable!("validated: a box or a point"),
-            };
-            let pair = (field.clone(), source.column(field).to_string());
-            if !columns.contains(&pair) {
-                columns.push(pair);
+        let visual_prompt = match &task.visual_prompt {
+            None => None,
+            Some(prompt) => {
+                let (mark, field) = prompt.mark().ok_or_else(|| {
+                    PipelineError::Config(format!(
+                        "{}: {}",
+                        key("visual_prompt"),
+                        Problem::VisualPromptMark
+                    ))
+                })?;
+                let pair = (field.to_string(), source.column(field).to_string());
+                if !columns.contains(&pair) {
+                    columns.push(pair);
+                }
+                Some(VisualPrompt {
+                    field: field.to_string(),
+                    mark,
+                    colour: image::Rgb(prompt.colour),
+                    thickness: prompt.thickness as f32,
+                })
             }
-            VisualPrompt {
-                field: field.clone(),
-                mark,
-                colour: image::Rgb(prompt.colour),
-                thickness: prompt.thickness as f32,
-            }
-        });
+        };
         let filter = task.filter.as_ref().map(|f| RowFilter {
             column: source.column(&f.column).to_string(),
             value: serde_json::to_value(&f.equals).expect("plain data"),

@@ -4,16 +4,10 @@
 use image::{Rgb, RgbImage};
 use serde_json::{Map, Value};
 
-use crate::format::parse_box;
-use crate::image::{draw_box, draw_point};
+pub use mixtures::Mark;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mark {
-    /// `[y0, x0, y1, x1]` (or an object with those keys), outlined.
-    Box,
-    /// `[y, x]` (or an object with those keys), a filled dot.
-    Point,
-}
+use crate::format::{parse_box, short};
+use crate::image::{draw_box, draw_point};
 
 /// Which field of the row holds the mark, and how to draw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,20 +24,16 @@ impl VisualPrompt {
     /// Draws the row's mark onto `rgb`; the error says what the field held instead.
     pub fn draw(&self, rgb: &mut RgbImage, fields: &Map<String, Value>) -> Result<(), String> {
         let value = fields.get(&self.field).unwrap_or(&Value::Null);
-        let shown = || {
-            let text = value.to_string();
-            text.chars().take(60).collect::<String>()
-        };
         match self.mark {
             Mark::Box => {
                 let b = parse_box(value)
-                    .ok_or_else(|| format!("not a box [y0, x0, y1, x1]: {}", shown()))?;
+                    .ok_or_else(|| format!("not a box [y0, x0, y1, x1]: {}", short(value)))?;
                 let yxyx = [b.y0, b.x0, b.y1, b.x1].map(|v| v as f32);
                 draw_box(rgb, yxyx, self.colour, self.thickness);
             }
             Mark::Point => {
-                let yx =
-                    parse_point(value).ok_or_else(|| format!("not a point [y, x]: {}", shown()))?;
+                let yx = parse_point(value)
+                    .ok_or_else(|| format!("not a point [y, x]: {}", short(value)))?;
                 draw_point(rgb, yx, self.colour, self.thickness);
             }
         }

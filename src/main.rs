@@ -5,7 +5,7 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    ::model::one_malloc_arena_per_core();
+    pipeline::malloc::one_arena_per_core();
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose);
     match cli::run(args) {

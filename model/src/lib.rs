@@ -63,33 +63,12 @@ pub type Matrix<T = dfdx::tensor::NoneTape> = dfdx::tensor::Tensor<(usize, usize
 /// Gradients of a backward pass, keyed by tensor.
 pub type Gradients = dfdx::tensor::Gradients<f32, Dev>;
 
-/// One glibc malloc arena per core. glibc gives threads arenas of their own (up to eight per
-/// core) and never lends one arena's free memory to another, so every pipeline thread kept its
-/// own high-water mark: `pipeline bench` with Gemma's tokenizer peaked at 372 MiB, and at 226
-/// MiB with one arena per core, at the same speed. Process-wide; call first thing in `main`,
-/// before other threads start. No effect off glibc.
-pub fn one_malloc_arena_per_core() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes an allocator limit.
-    unsafe {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        libc::mallopt(libc::M_ARENA_MAX, cores.min(64) as i32);
-    }
-}
-
 /// Keeps freed large buffers in glibc's heap instead of returning them to the kernel, so that
 /// the per-step tensors of training reuse memory without page faults and zero-filling (about a
-/// fifth of the CPU time of a `small` training step otherwise). Not for the pipeline alone: it
-/// holds on to more memory there (`pipeline bench` peaks 30-70 MiB higher). Process-wide; call
-/// once at the start of training or benchmarking. No effect off glibc.
+/// fifth of the CPU time of a `small` training step otherwise). Process-wide; call once at the
+/// start of training or benchmarking.
 pub fn tune_malloc() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20); // glibc's maximum
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-    }
+    pipeline::malloc::keep_freed(1 << 30, Some(64 << 20));
 }
 
 /// Creates the device (CPU, or GPU 0 with the `cuda` feature), with denormal floats flushed to

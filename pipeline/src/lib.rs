@@ -15,6 +15,7 @@ pub mod format;
 pub mod image;
 pub mod loc;
 pub mod location;
+pub mod malloc;
 pub mod mixture;
 pub mod pack;
 pub mod prepare;

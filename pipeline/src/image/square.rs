@@ -37,16 +37,19 @@ impl SquareImage {
     /// Appends the `[3, R, R]` values of the batch contract: channels first, x / 127.5 - 1.
     pub fn normalise_onto(&self, chw: &mut Vec<f32>) {
         let plane = self.rgb.len() / 3;
-        let start = chw.len();
-        // One pass over the pixels, three planes written at once.
-        chw.resize(start + 3 * plane, 0.0);
-        let (r, rest) = chw[start..].split_at_mut(plane);
+        // One pass over the pixels, three planes written at once, straight into the spare
+        // capacity: zero-filling 600 KiB an image first was 2 % of the pipeline's time.
+        chw.reserve(3 * plane);
+        let (r, rest) = chw.spare_capacity_mut()[..3 * plane].split_at_mut(plane);
         let (g, b) = rest.split_at_mut(plane);
         for (((px, r), g), b) in self.rgb.chunks_exact(3).zip(r).zip(g).zip(b) {
-            *r = NORMALISED[usize::from(px[0])];
-            *g = NORMALISED[usize::from(px[1])];
-            *b = NORMALISED[usize::from(px[2])];
+            r.write(NORMALISED[usize::from(px[0])]);
+            g.write(NORMALISED[usize::from(px[1])]);
+            b.write(NORMALISED[usize::from(px[2])]);
         }
+        // SAFETY: `rgb` holds exactly `plane` pixels (see `new`), so the loop initialised all
+        // `3 * plane` values past the old length.
+        unsafe { chw.set_len(chw.len() + 3 * plane) };
     }
 
     /// The `[3, R, R]` values alone (see [`normalise_onto`](Self::normalise_onto)).

@@ -6,7 +6,7 @@ use rand::Rng;
 
 use crate::attention::{Heads, Mask, Rope, attention};
 use crate::config::TextConfig;
-use crate::layers::{Init, Linear, RmsNorm, impl_params};
+use crate::layers::{Draw, Init, Linear, RmsNorm, impl_params};
 use crate::{Dev, Matrix};
 
 #[derive(Clone, Debug)]
@@ -112,7 +112,7 @@ impl Gemma {
             .collect();
         Gemma {
             cfg: cfg.clone(),
-            embed_tokens: init.weight(cfg.vocab_size, d),
+            embed_tokens: init.weight(cfg.vocab_size, d, Draw::Normal),
             layers,
             norm: RmsNorm::init(init, d, eps),
             dropout: None,

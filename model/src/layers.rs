@@ -162,45 +162,96 @@ macro_rules! impl_params {
 }
 pub(crate) use impl_params;
 
+/// How a new weight matrix `[out, in]` is drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Draw {
+    /// N(0, `Init::std`): transformers' default, and Gemma's.
+    Normal,
+    /// U(-a, a) with a = sqrt(6 / (in + out)): SigLIP's attention and MLP weights.
+    XavierUniform,
+    /// Normal of variance 1 / in, truncated at two deviations: SigLIP's patch embedding.
+    LecunNormal,
+}
+
 /// Random initialisation, as transformers does for new models.
 pub(crate) struct Init<'a, R: Rng> {
     pub dev: &'a Dev,
     pub rng: &'a mut R,
-    /// Standard deviation of weights (`initializer_range`, 0.02).
+    /// Standard deviation of [`Draw::Normal`] weights (`initializer_range`, 0.02).
     pub std: f32,
 }
 
+/// Tensors past this many values are drawn in parallel from a counter-based hash, uniform with
+/// the distribution's variance, so that a 3B-parameter model initialises in seconds.
+const PARALLEL_DRAW: usize = 1 << 20;
+
 impl<R: Rng> Init<'_, R> {
-    /// Zero-mean noise of standard deviation `std`: normal for small tensors, uniform
-    /// (+-sqrt(3) std, from a counter-based hash, in parallel) past a million values so that a
-    /// 3B-parameter model initialises in seconds.
+    /// Zero-mean noise of standard deviation `std`.
     pub fn normal(&mut self, rows: usize, cols: usize, std: f32) -> Matrix {
+        if rows * cols > PARALLEL_DRAW {
+            return self.uniform(rows, cols, std * 3f32.sqrt());
+        }
+        let d = Normal::new(0.0f32, std).expect("std");
+        let v = (0..rows * cols).map(|_| d.sample(self.rng)).collect();
+        self.dev.tensor_from_vec(v, (rows, cols))
+    }
+
+    /// Uniform noise in [-bound, bound).
+    pub fn uniform(&mut self, rows: usize, cols: usize, bound: f32) -> Matrix {
         let n = rows * cols;
-        let v: Vec<f32> = if n <= 1 << 20 {
-            let d = Normal::new(0.0f32, std).expect("std");
-            (0..n).map(|_| d.sample(self.rng)).collect()
+        let v: Vec<f32> = if n <= PARALLEL_DRAW {
+            (0..n).map(|_| self.rng.gen_range(-bound..bound)).collect()
         } else {
             use rayon::prelude::*;
             let key: u64 = self.rng.r#gen();
-            let a = std * 3f32.sqrt();
             (0..n as u64)
                 .into_par_iter()
                 .map(|i| {
-                    // splitmix64 of (key, i) -> uniform in [-a, a)
+                    // splitmix64 of (key, i) -> uniform in [-bound, bound)
                     let mut z = key.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
                     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
                     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
                     z ^= z >> 31;
-                    ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
+                    ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
                 })
                 .collect()
         };
         self.dev.tensor_from_vec(v, (rows, cols))
     }
-    pub fn weight(&mut self, rows: usize, cols: usize) -> Matrix {
-        let std = self.std;
-        self.normal(rows, cols, std)
+
+    /// Normal noise of standard deviation `std` after truncation at +-2 deviations (drawn
+    /// wider by 1 / 0.8796, the deviation a two-sided cut at 2 leaves, and redrawn past it).
+    pub fn truncated_normal(&mut self, rows: usize, cols: usize, std: f32) -> Matrix {
+        if rows * cols > PARALLEL_DRAW {
+            return self.uniform(rows, cols, std * 3f32.sqrt());
+        }
+        let wide = std / 0.879_625_7;
+        let d = Normal::new(0.0f32, wide).expect("std");
+        let v = (0..rows * cols)
+            .map(|_| {
+                loop {
+                    let x = d.sample(self.rng);
+                    if x.abs() <= 2.0 * wide {
+                        break x;
+                    }
+                }
+            })
+            .collect();
+        self.dev.tensor_from_vec(v, (rows, cols))
     }
+
+    /// A weight `[out, in]` (rows = out).
+    pub fn weight(&mut self, rows: usize, cols: usize, draw: Draw) -> Matrix {
+        match draw {
+            Draw::Normal => {
+                let std = self.std;
+                self.normal(rows, cols, std)
+            }
+            Draw::XavierUniform => self.uniform(rows, cols, (6.0 / (rows + cols) as f32).sqrt()),
+            Draw::LecunNormal => self.truncated_normal(rows, cols, 1.0 / (cols as f32).sqrt()),
+        }
+    }
+
     pub fn constant(&mut self, n: usize, value: f32) -> Vector {
         self.dev.tensor_from_vec(vec![value; n], (n,))
     }
@@ -215,9 +266,21 @@ pub struct Linear {
 impl_params!(Linear { "weight" => weight, "bias" => bias });
 
 impl Linear {
+    /// Weight N(0, `init.std`), bias zero.
     pub(crate) fn init<R: Rng>(init: &mut Init<R>, inp: usize, out: usize, bias: bool) -> Self {
+        Self::drawn(init, inp, out, bias, Draw::Normal)
+    }
+
+    /// Weight drawn as `draw` says, bias zero.
+    pub(crate) fn drawn<R: Rng>(
+        init: &mut Init<R>,
+        inp: usize,
+        out: usize,
+        bias: bool,
+        draw: Draw,
+    ) -> Self {
         Linear {
-            weight: init.weight(out, inp),
+            weight: init.weight(out, inp, draw),
             bias: bias.then(|| init.constant(out, 0.0)),
         }
     }
@@ -286,4 +349,49 @@ impl RmsNorm {
 /// tanh-approximated GELU (`gelu_pytorch_tanh`).
 pub fn gelu<T: Tape<f32, Dev>>(x: Matrix<T>) -> Matrix<T> {
     crate::fused::gelu(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use dfdx::prelude::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::{Draw, Init};
+
+    fn moments(m: &crate::Matrix) -> (f32, f32, f32) {
+        let v = m.as_vec();
+        let n = v.len() as f32;
+        let mean = v.iter().sum::<f32>() / n;
+        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n).sqrt();
+        let max = v.iter().fold(0f32, |a, x| a.max(x.abs()));
+        (mean, std, max)
+    }
+
+    #[test]
+    fn each_draw_has_its_scale() {
+        let dev = crate::Dev::default();
+        let mut rng = StdRng::seed_from_u64(0);
+        let mut init = Init {
+            dev: &dev,
+            rng: &mut rng,
+            std: 0.02,
+        };
+        // [out, in] = [256, 1024]: fan-in 1024, Xavier bound sqrt(6 / 1280).
+        let (mean, std, max) = moments(&init.weight(256, 1024, Draw::Normal));
+        assert!(mean.abs() < 1e-3 && (std - 0.02).abs() < 1e-3, "{mean} {std}");
+        assert!(max > 0.07, "a normal has tails: {max}");
+
+        let bound = (6.0f32 / 1280.0).sqrt();
+        let (mean, std, max) = moments(&init.weight(256, 1024, Draw::XavierUniform));
+        assert!(mean.abs() < 1e-3, "{mean}");
+        assert!((std - bound / 3f32.sqrt()).abs() < 1e-3, "{std}");
+        assert!(max <= bound && max > 0.99 * bound, "{max} vs {bound}");
+
+        let lecun = 1.0 / 1024f32.sqrt();
+        let (mean, std, max) = moments(&init.weight(256, 1024, Draw::LecunNormal));
+        assert!(mean.abs() < 1e-3, "{mean}");
+        assert!((std - lecun).abs() < 0.02 * lecun, "{std} vs {lecun}");
+        assert!(max <= 2.0 * lecun / 0.879_625_7, "truncated: {max}");
+    }
 }

@@ -85,7 +85,8 @@ impl Params for PaliGemma {
 }
 
 impl PaliGemma {
-    /// A randomly initialised model (weights N(0, 0.02), biases 0, norms identity).
+    /// A randomly initialised model: the vision tower drawn as SigLIP draws a new one (see
+    /// `SiglipVision::init`), projector and Gemma weights N(0, 0.02), biases 0, norms identity.
     pub fn new(cfg: &PaliGemmaConfig, dev: &Dev, seed: u64) -> Result<Self> {
         cfg.validate()?;
         let mut rng = StdRng::seed_from_u64(seed);

@@ -6,7 +6,7 @@ use rand::Rng;
 
 use crate::attention::{Heads, attention};
 use crate::config::VisionConfig;
-use crate::layers::{Init, LayerNorm, Linear, gelu, impl_params};
+use crate::layers::{Draw, Init, LayerNorm, Linear, gelu, impl_params};
 use crate::{Dev, Matrix};
 
 /// Patch embedding (a stride-`patch` convolution, stored as `[hidden, channels * patch^2]`) and
@@ -65,29 +65,37 @@ impl_params!(SiglipVision {
 });
 
 impl SiglipVision {
+    /// A new encoder drawn as SigLIP draws one (transformers' `SiglipPreTrainedModel`, like
+    /// big_vision's ViT): Xavier-uniform attention and MLP weights, a LeCun-normal patch
+    /// embedding, position embeddings N(0, 1/width), biases zero (the MLP's N(0, 1e-6) taken
+    /// as zero), norms identity. The 0.02 normal that transformers' PaliGemma applies to every
+    /// weight is for fine-tuning a loaded model; from scratch it starts the encoder so small
+    /// that the image pathway learnt far slower.
     pub(crate) fn init<R: Rng>(init: &mut Init<R>, cfg: &VisionConfig) -> Self {
         let d = cfg.hidden_size;
         let eps = cfg.layer_norm_eps;
+        let xavier =
+            |init: &mut Init<R>, inp, out| Linear::drawn(init, inp, out, true, Draw::XavierUniform);
         let layers = (0..cfg.num_hidden_layers)
             .map(|_| SiglipLayer {
                 layer_norm1: LayerNorm::init(init, d, eps),
                 self_attn: SiglipAttention {
-                    q_proj: Linear::init(init, d, d, true),
-                    k_proj: Linear::init(init, d, d, true),
-                    v_proj: Linear::init(init, d, d, true),
-                    out_proj: Linear::init(init, d, d, true),
+                    q_proj: xavier(init, d, d),
+                    k_proj: xavier(init, d, d),
+                    v_proj: xavier(init, d, d),
+                    out_proj: xavier(init, d, d),
                 },
                 layer_norm2: LayerNorm::init(init, d, eps),
                 mlp: SiglipMlp {
-                    fc1: Linear::init(init, d, cfg.intermediate_size, true),
-                    fc2: Linear::init(init, cfg.intermediate_size, d, true),
+                    fc1: xavier(init, d, cfg.intermediate_size),
+                    fc2: xavier(init, cfg.intermediate_size, d),
                 },
             })
             .collect();
         SiglipVision {
             cfg: cfg.clone(),
             embeddings: VisionEmbeddings {
-                patch_embedding: Linear::init(init, cfg.patch_dim(), d, true),
+                patch_embedding: Linear::drawn(init, cfg.patch_dim(), d, true, Draw::LecunNormal),
                 position_embedding: init.normal(cfg.num_patches(), d, 1.0 / (d as f32).sqrt()),
             },
             layers,

@@ -379,7 +379,10 @@ mod tests {
         };
         // [out, in] = [256, 1024]: fan-in 1024, Xavier bound sqrt(6 / 1280).
         let (mean, std, max) = moments(&init.weight(256, 1024, Draw::Normal));
-        assert!(mean.abs() < 1e-3 && (std - 0.02).abs() < 1e-3, "{mean} {std}");
+        assert!(
+            mean.abs() < 1e-3 && (std - 0.02).abs() < 1e-3,
+            "{mean} {std}"
+        );
         assert!(max > 0.07, "a normal has tails: {max}");
 
         let bound = (6.0f32 / 1280.0).sqrt();

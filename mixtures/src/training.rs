@@ -10,6 +10,7 @@
 //! | `warmup` | 1,000 steps | 5 % of the stage (paper) |
 //! | `vit_warmup` | 10 % of the stage: the paper's slow linear warm-up of the image encoder | as `warmup` |
 //! | `freeze_vit` | false (paper: the image encoder is trained in every stage) | false (paper) |
+//! | `image_lr_scale` | 1 (ours: the image encoder's and projector's rate as a multiple of `lr`) | 1 |
 //! | `label_smoothing` | 0 | 0 (paper) |
 //! | `llm_dropout` | 0 | 0 (paper) |
 //! | `weight_decay` | 0 | 0 (paper) |
@@ -98,6 +99,10 @@ pub struct TrainSpec {
     pub vit_warmup: Option<Warmup>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freeze_vit: Option<bool>,
+    /// The image encoder's and the projector's learning rate as a multiple of `lr`, like a
+    /// per-parameter `lr_mults` of big_vision's configs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_lr_scale: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_smoothing: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,11 +124,18 @@ pub struct Training {
     pub warmup: Warmup,
     pub vit_warmup: Warmup,
     pub freeze_vit: bool,
+    /// Multiplies the image encoder's and the projector's rate (1 in runs saved before it).
+    #[serde(default = "unit")]
+    pub image_lr_scale: f64,
     pub label_smoothing: f64,
     pub llm_dropout: f64,
     pub weight_decay: f64,
     pub grad_clip: f64,
     pub loss_norm: LossNorm,
+}
+
+fn unit() -> f64 {
+    1.0
 }
 
 impl Recipe {
@@ -136,6 +148,7 @@ impl Recipe {
                 warmup: Warmup::Steps(1000),
                 vit_warmup: Warmup::Fraction(0.1),
                 freeze_vit: false,
+                image_lr_scale: 1.0,
                 label_smoothing: 0.0,
                 llm_dropout: 0.0,
                 weight_decay: 0.0,
@@ -148,6 +161,7 @@ impl Recipe {
                 warmup: transfer_warmup,
                 vit_warmup: transfer_warmup,
                 freeze_vit: false,
+                image_lr_scale: 1.0,
                 label_smoothing: 0.0,
                 llm_dropout: 0.0,
                 weight_decay: 0.0,
@@ -180,6 +194,7 @@ impl TrainSpec {
                 Recipe::Transfer => warmup,
             }),
             freeze_vit: self.freeze_vit.unwrap_or(d.freeze_vit),
+            image_lr_scale: self.image_lr_scale.unwrap_or(d.image_lr_scale),
             label_smoothing: self.label_smoothing.unwrap_or(d.label_smoothing),
             llm_dropout: self.llm_dropout.unwrap_or(d.llm_dropout),
             weight_decay: self.weight_decay.unwrap_or(d.weight_decay),

@@ -499,6 +499,12 @@ impl Checker<'_, '_> {
             "(0, ∞)",
         );
         self.in_range(
+            key_path(&path, "image_lr_scale"),
+            t.image_lr_scale,
+            |v| v.is_finite() && v > 0.0,
+            "(0, ∞)",
+        );
+        self.in_range(
             key_path(&path, "label_smoothing"),
             t.label_smoothing,
             |v| (0.0..1.0).contains(&v),

@@ -389,7 +389,7 @@ fn impossible_budgets() {
 fn training_knobs_in_range() {
     let text = edit(
         "budget = { examples = 100 }",
-        "budget = { examples = 100 }\ntrain = { lr = 0.0, label_smoothing = 1.0, llm_dropout = -0.1, warmup = { fraction = 1.5 } }",
+        "budget = { examples = 100 }\ntrain = { lr = 0.0, image_lr_scale = 0.0, label_smoothing = 1.0, llm_dropout = -0.1, warmup = { fraction = 1.5 } }",
     );
     let messages: Vec<String> = errors(&text)
         .iter()
@@ -399,6 +399,7 @@ fn training_knobs_in_range() {
         messages,
         [
             "stages[1].train.lr: must be in (0, ∞), got 0",
+            "stages[1].train.image_lr_scale: must be in (0, ∞), got 0",
             "stages[1].train.label_smoothing: must be in [0, 1), got 1",
             "stages[1].train.llm_dropout: must be in [0, 1), got -0.1",
             "stages[1].train.warmup.fraction: must be in [0, 1], got 1.5",

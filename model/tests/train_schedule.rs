@@ -118,4 +118,15 @@ fn the_image_encoder_warms_up_more_slowly_and_can_be_frozen() {
     let lrs = GroupLrs::at(&frozen, 50, 1000);
     assert_eq!(lrs.vision, 0.0);
     assert!(close(lrs.llm, 1.0));
+    let slower = Training {
+        image_lr_scale: 0.25,
+        ..t
+    };
+    let lrs = GroupLrs::at(&slower, 49, 1000);
+    assert!(close(lrs.llm, 1.0));
+    assert!(close(lrs.projector, 0.25));
+    assert!(
+        close(lrs.vision, 0.25 * 0.5),
+        "the scale and the encoder's warm-up multiply"
+    );
 }

@@ -65,14 +65,15 @@ impl GroupLrs {
     pub fn at(training: &Training, step: u64, total: u64) -> Self {
         let schedule = LrSchedule::from_training(training, total);
         let lr = schedule.lr(step);
+        let image = lr * training.image_lr_scale;
         let vision = if training.freeze_vit {
             0.0
         } else {
-            lr * linear_warmup(step, training.vit_warmup.steps(total))
+            image * linear_warmup(step, training.vit_warmup.steps(total))
         };
         GroupLrs {
             vision,
-            projector: lr,
+            projector: image,
             llm: lr,
         }
     }

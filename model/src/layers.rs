@@ -188,12 +188,7 @@ const PARALLEL_DRAW: usize = 1 << 20;
 impl<R: Rng> Init<'_, R> {
     /// Zero-mean noise of standard deviation `std`.
     pub fn normal(&mut self, rows: usize, cols: usize, std: f32) -> Matrix {
-        if rows * cols > PARALLEL_DRAW {
-            return self.uniform(rows, cols, std * 3f32.sqrt());
-        }
-        let d = Normal::new(0.0f32, std).expect("std");
-        let v = (0..rows * cols).map(|_| d.sample(self.rng)).collect();
-        self.dev.tensor_from_vec(v, (rows, cols))
+        self.normal_within(rows, cols, std, f32::INFINITY)
     }
 
     /// Uniform noise in [-bound, bound).
@@ -222,16 +217,27 @@ impl<R: Rng> Init<'_, R> {
     /// Normal noise of standard deviation `std` after truncation at +-2 deviations (drawn
     /// wider by 1 / 0.8796, the deviation a two-sided cut at 2 leaves, and redrawn past it).
     pub fn truncated_normal(&mut self, rows: usize, cols: usize, std: f32) -> Matrix {
+        let wide = std / 0.879_625_7;
+        self.normal_within(rows, cols, wide, 2.0 * wide)
+    }
+
+    /// N(0, `draw_std`) redrawn past +-`limit`; past [`PARALLEL_DRAW`] values, uniform with the
+    /// variance the caller asked for.
+    fn normal_within(&mut self, rows: usize, cols: usize, draw_std: f32, limit: f32) -> Matrix {
         if rows * cols > PARALLEL_DRAW {
+            let std = if limit.is_finite() {
+                draw_std * 0.879_625_7
+            } else {
+                draw_std
+            };
             return self.uniform(rows, cols, std * 3f32.sqrt());
         }
-        let wide = std / 0.879_625_7;
-        let d = Normal::new(0.0f32, wide).expect("std");
+        let d = Normal::new(0.0f32, draw_std).expect("std");
         let v = (0..rows * cols)
             .map(|_| {
                 loop {
                     let x = d.sample(self.rng);
-                    if x.abs() <= 2.0 * wide {
+                    if x.abs() <= limit {
                         break x;
                     }
                 }

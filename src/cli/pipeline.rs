@@ -202,8 +202,8 @@ pub fn stage_index(mixture: &Mixture, name: Option<&str>, spec: &Path) -> anyhow
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    // Batches and row groups reuse freed heap memory instead of fresh pages: 8 % more examples
-    // a second on the bench dataset, for about 25 MiB more at the peak.
+    // Batches and row groups reuse freed heap memory instead of fresh pages: 5-8 % more
+    // examples a second on the bench dataset, for about 25 MiB more at the peak.
     pipeline::malloc::keep_freed(64 << 20, None);
     let (mut mixture, stage) = args.data.mixture(args.examples)?;
     // Repeat the data as often as the example count needs.

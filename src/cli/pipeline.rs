@@ -217,6 +217,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut stream = stage_stream(&mixture, stage, &options, StreamState::default())?;
     let (mut batches, mut examples, mut tokens, mut images) = (0u64, 0u64, 0u64, 0u64);
     let mut wait = std::time::Duration::ZERO;
+    // The first batch waits for the sources to open and the workers to fill; the rest is the
+    // steady rate (the Python peer reports both the same way).
+    let mut first_batch = None;
     while examples < args.examples {
         let asked = Instant::now();
         let Some(batch) = stream.next() else { break };
@@ -227,8 +230,15 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         images += batch.n_images() as u64;
         tokens += batch.segment_ids.iter().filter(|s| **s != 0).count() as u64;
         bar.set_position(examples.min(args.examples));
+        first_batch.get_or_insert((started.elapsed().as_secs_f64(), examples));
     }
     let seconds = started.elapsed().as_secs_f64();
+    let steady = match first_batch {
+        Some((first_s, first_examples)) if batches > 1 => {
+            Some((examples - first_examples) as f64 / (seconds - first_s))
+        }
+        _ => None,
+    };
     drop(stream);
     bar.finish_and_clear();
     let peak_rss_mib = pipeline::bench::peak_rss_mib();
@@ -239,6 +249,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "images": images,
         "seconds": seconds,
         "examples_per_s": examples as f64 / seconds,
+        "first_batch_s": first_batch.map(|(s, _)| s),
+        "steady_examples_per_s": steady,
         "tokens_per_s": tokens as f64 / seconds,
         "peak_rss_mib": peak_rss_mib,
         "decode_only_examples_per_s": decode.images_per_s,

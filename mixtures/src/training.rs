@@ -8,6 +8,7 @@
 //! | `lr` | 2e-5 (ours) | 1e-5 (paper's recommended transfer default) |
 //! | `schedule` | `rsqrt` (ours: open-ended, so Stage 2 or an appended stage continues it) | `cosine` (paper) |
 //! | `warmup` | 1,000 steps | 5 % of the stage (paper) |
+//! | `timescale` (rsqrt only) | the warm-up's length (ours; big_vision's default is 10,000) | - |
 //! | `vit_warmup` | 10 % of the stage: the paper's slow linear warm-up of the image encoder | as `warmup` |
 //! | `freeze_vit` | false (paper: the image encoder is trained in every stage) | false (paper) |
 //! | `image_lr_scale` | 1 (ours: the image encoder's and projector's rate as a multiple of `lr`) | 1 |
@@ -33,8 +34,8 @@ pub enum Recipe {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Schedule {
-    /// lr · sqrt(warmup / step): no fixed end, so a later stage (or an appended one) can
-    /// continue the run without restarting the decay.
+    /// lr · sqrt(timescale / (steps since the warm-up + timescale)): no fixed end, so a later
+    /// stage (or an appended one) can continue the run without restarting the decay.
     Rsqrt,
     /// Cosine decay to zero at the end of the stage.
     Cosine,
@@ -94,6 +95,10 @@ pub struct TrainSpec {
     pub schedule: Option<Schedule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup: Option<Warmup>,
+    /// Rsqrt only: the steps after the warm-up over which the rate falls to 1/sqrt(2) of its
+    /// peak (big_vision's `timescale`); default the warm-up's length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timescale: Option<u64>,
     /// The image encoder's own (slower) linear warm-up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vit_warmup: Option<Warmup>,
@@ -122,6 +127,9 @@ pub struct Training {
     pub lr: f64,
     pub schedule: Schedule,
     pub warmup: Warmup,
+    /// Rsqrt's timescale in steps; `None`: the warm-up's length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timescale: Option<u64>,
     pub vit_warmup: Warmup,
     pub freeze_vit: bool,
     /// Multiplies the image encoder's and the projector's rate (1 in runs saved before it).
@@ -146,6 +154,7 @@ impl Recipe {
                 lr: 2e-5,
                 schedule: Schedule::Rsqrt,
                 warmup: Warmup::Steps(1000),
+                timescale: None,
                 vit_warmup: Warmup::Fraction(0.1),
                 freeze_vit: false,
                 image_lr_scale: 1.0,
@@ -159,6 +168,7 @@ impl Recipe {
                 lr: 1e-5,
                 schedule: Schedule::Cosine,
                 warmup: transfer_warmup,
+                timescale: None,
                 vit_warmup: transfer_warmup,
                 freeze_vit: false,
                 image_lr_scale: 1.0,
@@ -188,6 +198,7 @@ impl TrainSpec {
             lr: self.lr.unwrap_or(d.lr),
             schedule: self.schedule.unwrap_or(d.schedule),
             warmup,
+            timescale: self.timescale.or(d.timescale),
             // In transfer the encoder follows the same warm-up unless told otherwise.
             vit_warmup: self.vit_warmup.unwrap_or(match recipe {
                 Recipe::Pretrain => d.vit_warmup,

@@ -6,7 +6,7 @@ use crate::error::{Problem, ValidationError, ValidationErrors};
 use crate::lines::{index_path, key_path};
 use crate::spec::{Budget, Mixture, Source, Stage};
 use crate::suggest::closest;
-use crate::training::Warmup;
+use crate::training::{Schedule, Warmup};
 use crate::weights::Weights;
 
 /// Columns of a source's files, by source name; `None` where unknown.
@@ -528,6 +528,17 @@ impl Checker<'_, '_> {
             |v| v.is_finite() && v >= 0.0,
             "[0, ∞)",
         );
+        let timescale = key_path(&path, "timescale");
+        match (t.timescale, stage.training().schedule) {
+            (Some(0), _) => self.error(timescale, Problem::Zero),
+            (Some(_), schedule) if schedule != Schedule::Rsqrt => self.error(
+                timescale,
+                Problem::TimescaleWithoutRsqrt {
+                    schedule: schedule.to_string(),
+                },
+            ),
+            _ => {}
+        }
         for (key, warmup) in [("warmup", t.warmup), ("vit_warmup", t.vit_warmup)] {
             let fraction = match warmup {
                 Some(Warmup::Fraction(f)) => Some(f),

@@ -408,6 +408,37 @@ fn training_knobs_in_range() {
 }
 
 #[test]
+fn a_timescale_needs_the_rsqrt_schedule_and_one_step() {
+    let messages = |train: &str| -> Vec<String> {
+        let text = edit(
+            "budget = { examples = 100 }",
+            &format!("budget = {{ examples = 100 }}\ntrain = {train}"),
+        );
+        errors(&text).iter().map(|e| e.to_string()).collect()
+    };
+    assert!(
+        messages("{ timescale = 10_000 }").is_empty(),
+        "rsqrt by default"
+    );
+    assert!(messages("{ schedule = \"rsqrt\", timescale = 1 }").is_empty());
+    let wrong = messages("{ schedule = \"cosine\", timescale = 10_000 }");
+    assert_eq!(wrong.len(), 1, "{wrong:?}");
+    assert!(
+        wrong[0].contains("stages[1].train.timescale")
+            && wrong[0].ends_with(
+                "only the rsqrt schedule has a timescale; this stage's schedule is cosine"
+            ),
+        "{wrong:?}"
+    );
+    let zero = messages("{ timescale = 0 }");
+    assert_eq!(zero.len(), 1, "{zero:?}");
+    assert!(
+        zero[0].contains("stages[1].train.timescale") && zero[0].ends_with("must be at least 1"),
+        "{zero:?}"
+    );
+}
+
+#[test]
 fn every_error_is_collected_and_listed_one_per_line() {
     let text = edit("source = \"docs\"", "source = \"doc\"")
         .replace("resolution = 448", "resolution = 450")

@@ -12,6 +12,7 @@ fn schedule(kind: Schedule, warmup: u64, total: u64) -> LrSchedule {
         kind,
         base: 2.0,
         warmup,
+        timescale: warmup.max(1),
         total,
         cooldown: 0,
     }
@@ -63,6 +64,26 @@ fn decays_after_warmup() {
     assert!(close(rsqrt.lr(99), 2.0));
     assert!(close(rsqrt.lr(399), 1.0), "sqrt(100 / 400)");
     assert!(close(rsqrt.lr(9999), 0.2), "sqrt(100 / 10000): no end");
+}
+
+#[test]
+fn rsqrt_timescale_sets_how_fast_it_decays() {
+    // big_vision's form: 1/sqrt(2) of the peak `timescale` steps after the warm-up.
+    let slow = LrSchedule {
+        timescale: 10_000,
+        ..schedule(Schedule::Rsqrt, 100, 1000)
+    };
+    assert!(close(slow.lr(99), 2.0), "end of the warm-up");
+    assert!(close(slow.lr(10_099), 2.0 / 2f64.sqrt()));
+    assert!(close(slow.lr(30_099), 1.0), "sqrt(10000 / 40000)");
+    // Left out, the timescale is the warm-up: the classic sqrt(warmup / step).
+    let mut training = Recipe::Pretrain.defaults();
+    training.warmup = Warmup::Steps(100);
+    let default = LrSchedule::from_training(&training, 1000);
+    assert_eq!(default.timescale, 100);
+    assert!(close(default.lr(399) / training.lr, 0.5), "sqrt(100 / 400)");
+    training.timescale = Some(10_000);
+    assert_eq!(LrSchedule::from_training(&training, 1000).timescale, 10_000);
 }
 
 #[test]

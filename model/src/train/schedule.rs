@@ -4,9 +4,11 @@
 //! step `s < warmup` gets `(s + 1) / warmup` of the base rate, so step `warmup - 1` is the
 //! first at the full rate. After warm-up, with `p = (s - warmup) / (total - warmup)` in
 //! `[0, 1)`:
-//! - `rsqrt`: `sqrt(max(warmup, 1) / (s + 1))`, continuous with the warm-up, no fixed end; the
-//!   last `cooldown` steps of the stage also ramp linearly down to `1 / cooldown` of it
-//!   (big_vision's "infinite" schedule with a cool-down; 0: no cool-down).
+//! - `rsqrt`: `sqrt(t / (s + 1 - w + t))` with `w = max(warmup, 1)` and `t` the timescale
+//!   (default `w`, which makes it `sqrt(w / (s + 1))`): continuous with the warm-up, no fixed
+//!   end, `1/sqrt(2)` of the peak `t` steps after it (big_vision's rsqrt decay, whose default
+//!   `t` is 10,000). The last `cooldown` steps of the stage also ramp linearly down to
+//!   `1 / cooldown` of it (big_vision's "infinite" schedule; 0: no cool-down).
 //! - `cosine`: `(1 + cos(pi p)) / 2`.
 //! - `linear`: `1 - p`.
 //! - `constant`: 1.
@@ -23,6 +25,8 @@ pub struct LrSchedule {
     pub kind: Schedule,
     pub base: f64,
     pub warmup: u64,
+    /// Rsqrt only: steps after the warm-up to fall to `1/sqrt(2)` of the peak.
+    pub timescale: u64,
     /// Planned optimiser steps of the stage (cosine and linear reach their end there).
     pub total: u64,
     /// Rsqrt only: steps of linear cool-down at the end of the stage.
@@ -41,10 +45,12 @@ pub fn linear_warmup(step: u64, warmup: u64) -> f64 {
 impl LrSchedule {
     /// The stage's knobs over `total` planned steps (fractions of warm-up resolve against it).
     pub fn from_training(training: &Training, total: u64) -> Self {
+        let warmup = training.warmup.steps(total);
         LrSchedule {
             kind: training.schedule,
             base: training.lr,
-            warmup: training.warmup.steps(total),
+            warmup,
+            timescale: training.timescale.unwrap_or(warmup).max(1),
             total,
             cooldown: 0,
         }
@@ -62,7 +68,8 @@ impl LrSchedule {
             Schedule::Linear => 1.0 - p,
             Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
             Schedule::Rsqrt => {
-                let decay = (self.warmup.max(1) as f64 / (step + 1) as f64).sqrt();
+                let (w, t) = (self.warmup.max(1) as f64, self.timescale.max(1) as f64);
+                let decay = (t / (step as f64 + 1.0 - w + t)).sqrt();
                 let start = self.total.saturating_sub(self.cooldown);
                 let cool = if self.cooldown > 0 && step >= start {
                     (self.total.saturating_sub(step) as f64 / self.cooldown as f64).clamp(0.0, 1.0)

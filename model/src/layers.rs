@@ -359,7 +359,6 @@ pub fn gelu<T: Tape<f32, Dev>>(x: Matrix<T>) -> Matrix<T> {
 
 #[cfg(test)]
 mod tests {
-    use dfdx::prelude::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 

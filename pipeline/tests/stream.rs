@@ -23,7 +23,7 @@ fn image(i: usize) -> Vec<u8> {
         image::Rgb(if x < 10 { rgb } else { [255, 255, 255] })
     });
     let mut out = std::io::Cursor::new(Vec::new());
-    let format = if i % 2 == 0 {
+    let format = if i.is_multiple_of(2) {
         image::ImageFormat::Png
     } else {
         image::ImageFormat::Jpeg

@@ -227,7 +227,7 @@ pub fn set_resolution(model: &mut PaliGemma, image_size: usize) -> Result<()> {
     if image_size == v.image_size {
         return Ok(());
     }
-    if v.patch_size == 0 || image_size % v.patch_size != 0 {
+    if v.patch_size == 0 || !image_size.is_multiple_of(v.patch_size) {
         return Err(TrainError::Config(format!(
             "resolution {image_size} is not a multiple of the patch size {}",
             v.patch_size
@@ -490,7 +490,8 @@ impl Trainer {
                 }
                 on_event(&event);
                 self.metrics.push(event);
-                if self.config.checkpoint_every > 0 && self.step % self.config.checkpoint_every == 0
+                if self.config.checkpoint_every > 0
+                    && self.step.is_multiple_of(self.config.checkpoint_every)
                 {
                     self.save_checkpoint()?;
                 }
@@ -595,7 +596,7 @@ impl Trainer {
             return Err(non_finite("the gradient norm", norm));
         }
         let task_loss = if self.config.task_loss_every > 0
-            && (self.step + 1) % self.config.task_loss_every == 0
+            && (self.step + 1).is_multiple_of(self.config.task_loss_every)
         {
             self.task_losses(batch)?
         } else {
@@ -651,7 +652,7 @@ impl Trainer {
     /// The held-out headline scores, on the steps the spec's `eval.every` asks for.
     fn periodic_eval(&mut self, stage: usize) -> Result<BTreeMap<String, f64>> {
         let every = self.mixture.eval.every;
-        if every == 0 || self.step % every != 0 {
+        if every == 0 || !self.step.is_multiple_of(every) {
             return Ok(BTreeMap::new());
         }
         let report = crate::eval::evaluate(

@@ -155,15 +155,15 @@ fn image_ref(array: &dyn Array, i: usize, at: &Location) -> Result<ImageRef, Bad
     }
     if let DataType::Struct(_) = array.data_type() {
         let fields = array.as_struct();
-        if let Some(bytes) = fields.column_by_name("bytes").filter(|b| !b.is_null(i)) {
-            if let Some(b) = binary_at(bytes.as_ref(), i) {
-                return Ok(ImageRef::Bytes(Bytes::copy_from_slice(b)));
-            }
+        if let Some(bytes) = fields.column_by_name("bytes").filter(|b| !b.is_null(i))
+            && let Some(b) = binary_at(bytes.as_ref(), i)
+        {
+            return Ok(ImageRef::Bytes(Bytes::copy_from_slice(b)));
         }
-        if let Some(path) = fields.column_by_name("path").filter(|p| !p.is_null(i)) {
-            if let Some(s) = string_at(path.as_ref(), i) {
-                return Ok(path_or_url(s));
-            }
+        if let Some(path) = fields.column_by_name("path").filter(|p| !p.is_null(i))
+            && let Some(s) = string_at(path.as_ref(), i)
+        {
+            return Ok(path_or_url(s));
         }
         if fields.column_by_name("bytes").is_some() || fields.column_by_name("path").is_some() {
             return Err(BadInput::new(

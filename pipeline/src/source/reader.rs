@@ -225,10 +225,10 @@ impl Reader {
             Ok(row) => row,
             Err(bad) => return Some(Err(bad)),
         };
-        if let Some(filter) = &self.filter {
-            if !filter.keeps(&row.fields) {
-                return None;
-            }
+        if let Some(filter) = &self.filter
+            && !filter.keeps(&row.fields)
+        {
+            return None;
         }
         // Templates see columns by their own names.
         let mut fields = Map::new();

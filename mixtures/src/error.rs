@@ -109,8 +109,11 @@ pub enum Problem {
     MissingSize { source_name: String },
     #[error("must be at least 1")]
     Zero,
-    #[error("only the rsqrt schedule has a timescale; this stage's schedule is {schedule}")]
-    TimescaleWithoutRsqrt { schedule: String },
+    #[error("only the rsqrt schedule has a {knob}; this stage's schedule is {schedule}")]
+    RsqrtOnly {
+        knob: &'static str,
+        schedule: String,
+    },
     #[error("a visual prompt needs exactly one of `box` or `point` (a column name)")]
     VisualPromptMark,
     #[error("must be in {range}, got {value}")]

@@ -9,6 +9,7 @@
 //! | `schedule` | `rsqrt` (ours: open-ended, so Stage 2 or an appended stage continues it) | `cosine` (paper) |
 //! | `warmup` | 1,000 steps | 5 % of the stage (paper) |
 //! | `timescale` (rsqrt only) | the warm-up's length (ours; big_vision's default is 10,000) | - |
+//! | `cooldown` (rsqrt only) | 0 steps: none (big_vision's "infinite" schedule ends in one) | - |
 //! | `vit_warmup` | 10 % of the stage: the paper's slow linear warm-up of the image encoder | as `warmup` |
 //! | `freeze_vit` | false (paper: the image encoder is trained in every stage) | false (paper) |
 //! | `image_lr_scale` | 1 (ours: the image encoder's and projector's rate as a multiple of `lr`) | 1 |
@@ -99,6 +100,10 @@ pub struct TrainSpec {
     /// peak (big_vision's `timescale`); default the warm-up's length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timescale: Option<u64>,
+    /// Rsqrt only: the stage's last steps, over which the rate ramps linearly down (to
+    /// `1 / cooldown` of it on the last step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<u64>,
     /// The image encoder's own (slower) linear warm-up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vit_warmup: Option<Warmup>,
@@ -130,6 +135,9 @@ pub struct Training {
     /// Rsqrt's timescale in steps; `None`: the warm-up's length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timescale: Option<u64>,
+    /// Rsqrt's linear cool-down at the end of the stage, in steps (0: none).
+    #[serde(default)]
+    pub cooldown: u64,
     pub vit_warmup: Warmup,
     pub freeze_vit: bool,
     /// Multiplies the image encoder's and the projector's rate (1 in runs saved before it).
@@ -155,6 +163,7 @@ impl Recipe {
                 schedule: Schedule::Rsqrt,
                 warmup: Warmup::Steps(1000),
                 timescale: None,
+                cooldown: 0,
                 vit_warmup: Warmup::Fraction(0.1),
                 freeze_vit: false,
                 image_lr_scale: 1.0,
@@ -169,6 +178,7 @@ impl Recipe {
                 schedule: Schedule::Cosine,
                 warmup: transfer_warmup,
                 timescale: None,
+                cooldown: 0,
                 vit_warmup: transfer_warmup,
                 freeze_vit: false,
                 image_lr_scale: 1.0,
@@ -199,6 +209,7 @@ impl TrainSpec {
             schedule: self.schedule.unwrap_or(d.schedule),
             warmup,
             timescale: self.timescale.or(d.timescale),
+            cooldown: self.cooldown.unwrap_or(d.cooldown),
             // In transfer the encoder follows the same warm-up unless told otherwise.
             vit_warmup: self.vit_warmup.unwrap_or(match recipe {
                 Recipe::Pretrain => d.vit_warmup,

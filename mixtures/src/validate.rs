@@ -528,16 +528,20 @@ impl Checker<'_, '_> {
             |v| v.is_finite() && v >= 0.0,
             "[0, ∞)",
         );
-        let timescale = key_path(&path, "timescale");
-        match (t.timescale, stage.training().schedule) {
-            (Some(0), _) => self.error(timescale, Problem::Zero),
-            (Some(_), schedule) if schedule != Schedule::Rsqrt => self.error(
-                timescale,
-                Problem::TimescaleWithoutRsqrt {
-                    schedule: schedule.to_string(),
-                },
-            ),
-            _ => {}
+        let schedule = stage.training().schedule;
+        for (knob, value) in [("timescale", t.timescale), ("cooldown", t.cooldown)] {
+            let at = key_path(&path, knob);
+            match value {
+                Some(_) if schedule != Schedule::Rsqrt => self.error(
+                    at,
+                    Problem::RsqrtOnly {
+                        knob,
+                        schedule: schedule.to_string(),
+                    },
+                ),
+                Some(0) if knob == "timescale" => self.error(at, Problem::Zero),
+                _ => {}
+            }
         }
         for (key, warmup) in [("warmup", t.warmup), ("vit_warmup", t.vit_warmup)] {
             let fraction = match warmup {

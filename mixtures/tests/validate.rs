@@ -408,7 +408,7 @@ fn training_knobs_in_range() {
 }
 
 #[test]
-fn a_timescale_needs_the_rsqrt_schedule_and_one_step() {
+fn timescale_and_cooldown_need_the_rsqrt_schedule() {
     let messages = |train: &str| -> Vec<String> {
         let text = edit(
             "budget = { examples = 100 }",
@@ -430,6 +430,16 @@ fn a_timescale_needs_the_rsqrt_schedule_and_one_step() {
             ),
         "{wrong:?}"
     );
+    let cooldown = messages("{ schedule = \"linear\", cooldown = 50 }");
+    assert!(
+        cooldown.len() == 1
+            && cooldown[0].contains("stages[1].train.cooldown")
+            && cooldown[0].ends_with(
+                "only the rsqrt schedule has a cooldown; this stage's schedule is linear"
+            ),
+        "{cooldown:?}"
+    );
+    assert!(messages("{ cooldown = 50 }").is_empty(), "rsqrt by default");
     let zero = messages("{ timescale = 0 }");
     assert_eq!(zero.len(), 1, "{zero:?}");
     assert!(

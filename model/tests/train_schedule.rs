@@ -83,7 +83,15 @@ fn rsqrt_timescale_sets_how_fast_it_decays() {
     assert_eq!(default.timescale, 100);
     assert!(close(default.lr(399) / training.lr, 0.5), "sqrt(100 / 400)");
     training.timescale = Some(10_000);
-    assert_eq!(LrSchedule::from_training(&training, 1000).timescale, 10_000);
+    training.cooldown = 200;
+    let set = LrSchedule::from_training(&training, 1000);
+    assert_eq!((set.timescale, set.cooldown), (10_000, 200));
+    let plain = LrSchedule { cooldown: 0, ..set };
+    assert!(close(set.lr(799), plain.lr(799)), "before the cool-down");
+    assert!(
+        close(set.lr(900), plain.lr(900) * 0.5),
+        "half-way through it"
+    );
 }
 
 #[test]

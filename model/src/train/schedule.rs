@@ -52,7 +52,7 @@ impl LrSchedule {
             warmup,
             timescale: training.timescale.unwrap_or(warmup).max(1),
             total,
-            cooldown: 0,
+            cooldown: training.cooldown,
         }
     }
 

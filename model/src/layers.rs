@@ -185,6 +185,9 @@ pub(crate) struct Init<'a, R: Rng> {
 /// the distribution's variance, so that a 3B-parameter model initialises in seconds.
 const PARALLEL_DRAW: usize = 1 << 20;
 
+/// The standard deviation of a unit normal cut at +-2 deviations.
+const TRUNCATED_AT_TWO_STD: f32 = 0.879_625_7;
+
 impl<R: Rng> Init<'_, R> {
     /// Zero-mean noise of standard deviation `std`.
     pub fn normal(&mut self, rows: usize, cols: usize, std: f32) -> Matrix {
@@ -215,9 +218,9 @@ impl<R: Rng> Init<'_, R> {
     }
 
     /// Normal noise of standard deviation `std` after truncation at +-2 deviations (drawn
-    /// wider by 1 / 0.8796, the deviation a two-sided cut at 2 leaves, and redrawn past it).
+    /// wider by 1 / [`TRUNCATED_AT_TWO_STD`], and redrawn past it).
     pub fn truncated_normal(&mut self, rows: usize, cols: usize, std: f32) -> Matrix {
-        let wide = std / 0.879_625_7;
+        let wide = std / TRUNCATED_AT_TWO_STD;
         self.normal_within(rows, cols, wide, 2.0 * wide)
     }
 
@@ -226,7 +229,7 @@ impl<R: Rng> Init<'_, R> {
     fn normal_within(&mut self, rows: usize, cols: usize, draw_std: f32, limit: f32) -> Matrix {
         if rows * cols > PARALLEL_DRAW {
             let std = if limit.is_finite() {
-                draw_std * 0.879_625_7
+                draw_std * TRUNCATED_AT_TWO_STD
             } else {
                 draw_std
             };
@@ -400,6 +403,9 @@ mod tests {
         let (mean, std, max) = moments(&init.weight(256, 1024, Draw::LecunNormal));
         assert!(mean.abs() < 1e-3, "{mean}");
         assert!((std - lecun).abs() < 0.02 * lecun, "{std} vs {lecun}");
-        assert!(max <= 2.0 * lecun / 0.879_625_7, "truncated: {max}");
+        assert!(
+            max <= 2.0 * lecun / super::TRUNCATED_AT_TWO_STD,
+            "truncated: {max}"
+        );
     }
 }

@@ -230,7 +230,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         images += batch.n_images() as u64;
         tokens += batch.segment_ids.iter().filter(|s| **s != 0).count() as u64;
         bar.set_position(examples.min(args.examples));
-        first_batch.get_or_insert((started.elapsed().as_secs_f64(), examples));
+        first_batch.get_or_insert_with(|| (started.elapsed().as_secs_f64(), examples));
     }
     let seconds = started.elapsed().as_secs_f64();
     let steady = match first_batch {

@@ -50,7 +50,7 @@ impl LrSchedule {
             kind: training.schedule,
             base: training.lr,
             warmup,
-            timescale: training.timescale.unwrap_or(warmup).max(1),
+            timescale: training.timescale.unwrap_or(warmup),
             total,
             cooldown: training.cooldown,
         }

@@ -1,0 +1,238 @@
+"""Trains the `small` model's image encoder alone (SigLIP's shape: 192 wide, 4 layers, 14 px
+patches, 112 px) on the demo scenes, then writes it into a copy of a paliforge checkpoint, so that
+`paliforge train --init` starts the LLM from scratch on an encoder that already sees the scenes.
+An experiment, not a test (the tests need no Python): it measured how much of the quickstart's
+gap is the image encoder (README, "Where it stands").
+
+    python3 -m venv /tmp/probe && /tmp/probe/bin/pip install torch pyarrow pillow safetensors
+    paliforge demo-data --out demo
+    # a fresh model to take the LLM and projector from: one step of the quickstart's first stage
+    paliforge train one-step.toml --out fresh --checkpoint-every 0
+    /tmp/probe/bin/python scripts/encoder_probe.py demo/scenes fresh/checkpoints/step-00000001 \
+        init --objective objects --steps 1500
+    paliforge train first-stage.toml --init init --out run
+
+Objectives: `objects` (each third's shape and colour, 12 classes, from the caption), `shapes`
+(its shape only), `siglip` (SigLIP's sigmoid image-text loss against a small caption encoder).
+"""
+
+import argparse
+import io
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.numpy import load_file, save_file
+
+SHAPES = ["circle", "square", "triangle"]
+COLOURS = ["red", "green", "blue", "yellow"]
+WIDTH, LAYERS, HEADS, PATCH, SIDE = 192, 4, 3, 14, 112
+GRID = SIDE // PATCH
+
+
+def read_split(folder, split):
+    rows = []
+    for shard in sorted(Path(folder).glob(f"{split}-*.parquet")):
+        rows += pq.read_table(shard, columns=["image", "caption"]).to_pylist()
+    pixels = np.stack(
+        [np.asarray(Image.open(io.BytesIO(r["image"]["bytes"])).convert("RGB")) for r in rows]
+    )
+    # The batch contract: channels first, x / 127.5 - 1.
+    images = torch.tensor(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return images, [r["caption"] for r in rows]
+
+
+def object_labels(captions, with_colour):
+    """Per caption, one class per object left to right (up to three), -1 where there is none."""
+    labels = torch.full((len(captions), 3), -1)
+    for i, caption in enumerate(captions):
+        for j, phrase in enumerate(caption.split(" left of ")):
+            _, colour, shape = phrase.split()
+            cls = SHAPES.index(shape)
+            labels[i, j] = cls * len(COLOURS) + COLOURS.index(colour) if with_colour else cls
+    return labels
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with tanh-GELU, as SigLIP's."""
+
+    def __init__(self, width, heads):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(width, eps=1e-6)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.layer_norm2 = nn.LayerNorm(width, eps=1e-6)
+        self.fc1 = nn.Linear(width, 4 * width)
+        self.fc2 = nn.Linear(4 * width, width)
+
+    def forward(self, x, padding=None):
+        h = self.layer_norm1(x)
+        x = x + self.attn(h, h, h, key_padding_mask=padding, need_weights=False)[0]
+        return x + self.fc2(F.gelu(self.fc1(self.layer_norm2(x)), approximate="tanh"))
+
+
+class Encoder(nn.Module):
+    """SigLIP's vision tower without the pooling head: the tokens the projector reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, WIDTH, PATCH, PATCH)
+        self.position = nn.Parameter(torch.randn(GRID * GRID, WIDTH) / math.sqrt(WIDTH))
+        self.layers = nn.ModuleList(Block(WIDTH, HEADS) for _ in range(LAYERS))
+        self.post_layernorm = nn.LayerNorm(WIDTH, eps=1e-6)
+
+    def forward(self, images):
+        x = self.patch(images).flatten(2).transpose(1, 2) + self.position
+        for layer in self.layers:
+            x = layer(x)
+        return self.post_layernorm(x)
+
+    def hf_weights(self):
+        """The weights under transformers' SigLIP names, as paliforge checkpoints store them."""
+        out = {
+            "embeddings.patch_embedding.weight": self.patch.weight,
+            "embeddings.patch_embedding.bias": self.patch.bias,
+            "embeddings.position_embedding.weight": self.position,
+            "post_layernorm.weight": self.post_layernorm.weight,
+            "post_layernorm.bias": self.post_layernorm.bias,
+        }
+        for i, block in enumerate(self.layers):
+            p = f"encoder.layers.{i}."
+            for name in ("layer_norm1", "layer_norm2", "fc1", "fc2"):
+                module = getattr(block, name)
+                prefix = p + ("mlp." if name.startswith("fc") else "")
+                out[f"{prefix}{name}.weight"] = module.weight
+                out[f"{prefix}{name}.bias"] = module.bias
+            for proj, w, b in zip(
+                "qkv", block.attn.in_proj_weight.chunk(3), block.attn.in_proj_bias.chunk(3)
+            ):
+                out[f"{p}self_attn.{proj}_proj.weight"] = w
+                out[f"{p}self_attn.{proj}_proj.bias"] = b
+            out[f"{p}self_attn.out_proj.weight"] = block.attn.out_proj.weight
+            out[f"{p}self_attn.out_proj.bias"] = block.attn.out_proj.bias
+        return {
+            "vision_tower." + k: v.detach().float().contiguous().numpy() for k, v in out.items()
+        }
+
+
+class ObjectHead(nn.Module):
+    """Reads every token at once: one classification per third of the scene."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.classes = classes
+        self.linear = nn.Linear(GRID * GRID * WIDTH, 3 * classes)
+
+    def loss(self, tokens, labels):
+        logits = self.linear(tokens.flatten(1)).view(-1, 3, self.classes)
+        present = labels >= 0
+        return F.cross_entropy(logits[present], labels[present]), logits.argmax(-1)
+
+
+class CaptionTower(nn.Module):
+    """SigLIP's other half at toy size: words in, one normalised embedding out."""
+
+    def __init__(self, vocabulary, width=128, length=16):
+        super().__init__()
+        self.words = {w: i + 1 for i, w in enumerate(vocabulary)}
+        self.length = length
+        self.embed = nn.Embedding(len(vocabulary) + 1, width)
+        self.position = nn.Parameter(torch.randn(length, width) * 0.02)
+        self.layers = nn.ModuleList(Block(width, 4) for _ in range(2))
+        self.norm = nn.LayerNorm(width)
+        self.image_head = nn.Linear(WIDTH, width)
+        self.text_head = nn.Linear(width, width)
+        # SigLIP's initial temperature and bias.
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.bias = nn.Parameter(torch.tensor(-10.0))
+
+    def embed_text(self, captions):
+        ids = torch.zeros(len(captions), self.length, dtype=torch.long)
+        for i, caption in enumerate(captions):
+            words = [self.words[w] for w in caption.split()][: self.length]
+            ids[i, : len(words)] = torch.tensor(words)
+        padding = ids == 0
+        x = self.embed(ids) + self.position
+        for layer in self.layers:
+            x = layer(x, padding)
+        keep = (~padding).float().unsqueeze(-1)
+        pooled = (self.norm(x) * keep).sum(1) / keep.sum(1)
+        return F.normalize(self.text_head(pooled), dim=-1)
+
+    def loss(self, tokens, captions):
+        images = F.normalize(self.image_head(tokens.mean(1)), dim=-1)
+        logits = images @ self.embed_text(captions).T * self.log_scale.exp() + self.bias
+        # Pairs are positive where the captions are equal, not only on the diagonal.
+        same = torch.tensor([[a == b for b in captions] for a in captions])
+        return -F.logsigmoid(torch.where(same, 1.0, -1.0) * logits).sum() / len(captions)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenes", help="demo/scenes: train-*.parquet and test-*.parquet")
+    parser.add_argument("init", help="a paliforge checkpoint folder to take everything else from")
+    parser.add_argument("out", help="where to write the checkpoint with the trained encoder")
+    parser.add_argument("--objective", choices=["objects", "shapes", "siglip"], default="objects")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    train_x, train_c = read_split(args.scenes, "train")
+    test_x, test_c = read_split(args.scenes, "test")
+    encoder = Encoder()
+    if args.objective == "siglip":
+        vocabulary = sorted({w for c in train_c + test_c for w in c.split()})
+        head = CaptionTower(vocabulary)
+    else:
+        with_colour = args.objective == "objects"
+        head = ObjectHead(12 if with_colour else 3)
+        train_y = object_labels(train_c, with_colour)
+        test_y = object_labels(test_c, with_colour)
+    params = list(encoder.parameters()) + list(head.parameters())
+    optimiser = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+
+    start = time.time()
+    for step in range(1, args.steps + 1):
+        rows = torch.randint(0, len(train_x), (args.batch,))
+        tokens = encoder(train_x[rows])
+        if args.objective == "siglip":
+            loss = head.loss(tokens, [train_c[r] for r in rows])
+        else:
+            loss, _ = head.loss(tokens, train_y[rows])
+        for group in optimiser.param_groups:
+            group["lr"] = args.lr * min(1.0, step / 50)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if step % 100 == 0 or step == args.steps:
+            report = f"step {step} loss {loss.item():.3f}"
+            if args.objective != "siglip":
+                with torch.no_grad():
+                    _, guess = head.loss(encoder(test_x), test_y)
+                present = test_y >= 0
+                accuracy = (guess[present] == test_y[present]).float().mean().item()
+                report += f" held-out objects right {accuracy:.2f}"
+            print(f"{report} ({time.time() - start:.0f} s)", flush=True)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(Path(args.init) / name, out / name)
+    weights = load_file(Path(args.init) / "model.safetensors")
+    for name, value in encoder.hf_weights().items():
+        assert weights[name].shape == value.shape, name
+        weights[name] = value
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

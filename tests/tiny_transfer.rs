@@ -168,6 +168,8 @@ fn the_tiny_hugging_face_model_fine_tunes_and_loads_back() {
         "2",
         "--out",
         &arg(&report),
+        "--samples",
+        "3",
     ]);
     let scores = &last_json_line(&out)["tasks"]["vqa"];
     let accuracy = scores["vqa_accuracy"].as_f64().unwrap();
@@ -176,6 +178,11 @@ fn the_tiny_hugging_face_model_fine_tunes_and_loads_back() {
     assert_eq!(
         report["tasks"][0]["examples"], 16,
         "the spec's eval.examples"
+    );
+    assert_eq!(
+        report["samples"].as_array().unwrap().len(),
+        3,
+        "--samples 3 of 16"
     );
     let sample = &report["samples"][0];
     assert!(

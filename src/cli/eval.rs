@@ -41,6 +41,10 @@ pub struct EvalArgs {
     /// Write the scores and sample predictions as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Sample predictions per task in `--out` (with their images): more of them show which
+    /// answers a model gets wrong, not only how many.
+    #[arg(long, default_value_t = 8)]
+    samples: usize,
     /// Data pipeline workers; 0 uses every core.
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -61,7 +65,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         tokenizer: args.tokenizer,
         spec: Some(args.spec),
         threads: args.threads,
-        samples_per_task: 8,
+        samples_per_task: args.samples,
     };
     let evaluated = evaluate_saved_model(&mixture, &saved, &::model::device())?;
     let report = &evaluated.report;

@@ -6,7 +6,8 @@ gap is the image encoder (README, "Where it stands").
 
     python3 -m venv /tmp/probe && /tmp/probe/bin/pip install torch pyarrow pillow safetensors
     paliforge demo-data --out demo
-    # a fresh model to take the LLM and projector from: one step of the quickstart's first stage
+    # first-stage.toml: mixtures/specs/quickstart.toml with only its first stage; one-step.toml:
+    # the same with `budget = { examples = 16 }`, for a fresh model to take the rest from
     paliforge train one-step.toml --out fresh --checkpoint-every 0
     /tmp/probe/bin/python scripts/encoder_probe.py demo/scenes fresh/checkpoints/step-00000001 \
         init --objective objects --steps 1500

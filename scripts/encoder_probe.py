@@ -13,8 +13,9 @@ gap is the image encoder (README, "Where it stands").
         init --objective objects --steps 1500
     paliforge train first-stage.toml --init init --out run
 
-Objectives: `objects` (each third's shape and colour, 12 classes, from the caption), `shapes`
-(its shape only), `siglip` (SigLIP's sigmoid image-text loss against a small caption encoder).
+Objectives: `objects` (the shape and colour of the first, second and third object from the
+left, 12 classes each, from the caption), `shapes` (their shapes only), `siglip` (SigLIP's
+sigmoid image-text loss against a small caption encoder).
 """
 
 import argparse
@@ -123,7 +124,7 @@ class Encoder(nn.Module):
 
 
 class ObjectHead(nn.Module):
-    """Reads every token at once: one classification per third of the scene."""
+    """Reads every token at once: one classification per object, left to right."""
 
     def __init__(self, classes):
         super().__init__()

@@ -142,6 +142,18 @@ pub enum Problem {
         limit: u32,
         source_name: String,
     },
+    #[error("a siglip stage pairs one image with one text per row: packing must be off")]
+    SiglipPacking,
+    #[error(
+        "a siglip stage needs at least 2 examples per batch (the others are each pair's negatives), got {0}"
+    )]
+    SiglipBatch(u32),
+    #[error(
+        "a siglip stage trains the image encoder and a text tower at the stage's rate: `{0}`, a prefix-LM knob, does not apply"
+    )]
+    SiglipKnob(&'static str),
+    #[error("a siglip stage needs one image per example; task {task:?} has {images}")]
+    SiglipImages { task: String, images: u32 },
     #[error(
         "the budget of {budget} examples exceeds the {available} that the sources' epoch limits allow"
     )]

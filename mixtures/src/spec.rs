@@ -240,6 +240,10 @@ pub struct Stage {
     /// Which defaults the training knobs start from. Default `pretrain`.
     #[serde(default)]
     pub recipe: Recipe,
+    /// What the stage trains: the prefix-LM (default) or, with `siglip`, the image encoder
+    /// alone against a text tower, as SigLIP is trained.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub objective: Objective,
     /// Image side in pixels, a multiple of the patch size. Default 224.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolution: Option<u32>,
@@ -265,6 +269,19 @@ pub struct Stage {
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
+}
+
+/// What a stage trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// The whole model on the next-token loss of each example's suffix.
+    #[default]
+    PrefixLm,
+    /// The image encoder only, with SigLIP's sigmoid loss (arXiv 2303.15343): each image's
+    /// pooled embedding against a small text tower's embedding of its example's suffix (a
+    /// caption), the other examples of the batch as negatives. The LLM and the projector rest.
+    Siglip,
 }
 
 /// When a stage ends.

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::spec::{Budget, Mixture};
+use crate::spec::{Budget, Mixture, Objective};
 
 /// Rows of a source, by source name; `None` where unknown.
 pub type RowsOf<'a> = dyn Fn(&str) -> Option<u64> + 'a;
@@ -126,8 +126,12 @@ pub fn summary_table(mixture: &Mixture, ctx: &SummaryContext) -> String {
         };
         let _ = writeln!(
             out,
-            "stage {i} {:?}: {}px ({} image tokens), text {}, batch {}, {budget}, lr {:e} {}{}",
+            "stage {i} {:?}{}: {}px ({} image tokens), text {}, batch {}, {budget}, lr {:e} {}{}",
             stage.name,
+            match spec.objective {
+                Objective::PrefixLm => "",
+                Objective::Siglip => " (siglip: the image encoder alone)",
+            },
             stage.resolution,
             stage.image_tokens,
             stage.text_len,

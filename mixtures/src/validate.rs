@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{Problem, ValidationError, ValidationErrors};
 use crate::lines::{index_path, key_path};
-use crate::spec::{Budget, Mixture, Source, Stage};
+use crate::spec::{Budget, Mixture, Objective, Source, Stage};
 use crate::suggest::closest;
 use crate::training::{Schedule, Warmup};
 use crate::weights::Weights;
@@ -293,6 +293,9 @@ impl Checker<'_, '_> {
             self.budget(i, &path, stage);
             self.fits(i, &path, stage);
             self.training(&path, stage);
+            if stage.objective == Objective::Siglip {
+                self.siglip(i, &path, stage);
+            }
         }
     }
 
@@ -472,6 +475,40 @@ impl Checker<'_, '_> {
             }
             if let Some(problem) = self.text_too_short(&name, stage.text_len()) {
                 self.error(key_path(stage_path, "text_len"), problem);
+            }
+        }
+    }
+
+    /// A SigLIP stage pairs one image with one text per row, and needs other pairs in the
+    /// batch as negatives.
+    fn siglip(&mut self, index: usize, stage_path: &str, stage: &Stage) {
+        if stage.packing() {
+            self.error(key_path(stage_path, "packing"), Problem::SiglipPacking);
+        }
+        if stage.batch_size() < 2 {
+            let problem = Problem::SiglipBatch(stage.batch_size());
+            self.error(key_path(stage_path, "batch_size"), problem);
+        }
+        let t = &stage.train;
+        let prefix_lm_knobs = [
+            ("freeze_vit", t.freeze_vit.is_some()),
+            ("vit_warmup", t.vit_warmup.is_some()),
+            ("image_lr_scale", t.image_lr_scale.is_some()),
+            ("label_smoothing", t.label_smoothing.is_some()),
+            ("llm_dropout", t.llm_dropout.is_some()),
+            ("loss_norm", t.loss_norm.is_some()),
+        ];
+        for (knob, set) in prefix_lm_knobs {
+            if set {
+                let path = key_path(&key_path(stage_path, "train"), knob);
+                self.error(path, Problem::SiglipKnob(knob));
+            }
+        }
+        for (task, _) in self.mixture.stage_weights(index).unwrap_or_default() {
+            let images = self.mixture.images_per_example(&task);
+            if images != 1 {
+                let path = key_path(&key_path(stage_path, "weights"), &task);
+                self.error(path, Problem::SiglipImages { task, images });
             }
         }
     }

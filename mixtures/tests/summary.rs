@@ -101,6 +101,13 @@ fn table_lists_every_stage_and_task() {
     // Columns line up: every cell of a column ends at the same place.
     let ends = |line: &str| line.find("%").unwrap();
     assert_eq!(ends(lines[2]), ends(lines[3]));
+
+    let mut siglip = mixture.clone();
+    siglip.stages[1].objective = mixtures::Objective::Siglip;
+    let table = summary_table(&siglip, &SummaryContext::default());
+    assert!(table.lines().nth(6).unwrap().starts_with(
+        "stage 1 \"transfer\" (siglip: the image encoder alone): 448px (1024 image tokens)"
+    ));
 }
 
 #[test]

@@ -342,6 +342,47 @@ fn images_per_example_must_fit_the_cap() {
 }
 
 #[test]
+fn a_siglip_stage_pairs_one_image_with_one_text_in_batches_without_prefix_lm_knobs() {
+    let siglip = |extra: &str| {
+        edit(
+            "name = \"two\"",
+            &format!("name = \"two\"\nobjective = \"siglip\"\n{extra}"),
+        )
+    };
+    assert!(errors(&siglip("")).is_empty(), "{:#?}", errors(&siglip("")));
+    let text = siglip("packing = true\ntrain = { freeze_vit = false, label_smoothing = 0.1 }")
+        .replace(
+            "batch_size = 8\nbudget = { examples = 100 }",
+            "batch_size = 1\nbudget = { examples = 100 }",
+        )
+        .replace("prefix = \"ocr\"", "prefix = \"ocr\"\nimages = 2");
+    let messages: Vec<String> = errors(&text)
+        .iter()
+        .map(|e| format!("{}: {}", e.path, e.problem))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "stages[1].packing: a siglip stage pairs one image with one text per row: packing must be off",
+            "stages[1].batch_size: a siglip stage needs at least 2 examples per batch (the others are each pair's negatives), got 1",
+            "stages[1].train.freeze_vit: a siglip stage trains the image encoder and a text tower at the stage's rate: `freeze_vit`, a prefix-LM knob, does not apply",
+            "stages[1].train.label_smoothing: a siglip stage trains the image encoder and a text tower at the stage's rate: `label_smoothing`, a prefix-LM knob, does not apply",
+            "stages[1].weights.ocr_en: a siglip stage needs one image per example; task \"ocr_en\" has 2",
+        ]
+    );
+    let unknown = Mixture::from_toml_str(&edit(
+        "name = \"two\"",
+        "name = \"two\"\nobjective = \"clip\"",
+    ));
+    assert!(
+        unknown
+            .unwrap_err()
+            .to_string()
+            .contains("unknown variant `clip`")
+    );
+}
+
+#[test]
 fn impossible_budgets() {
     let text = edit("budget = { examples = 100 }", "budget = { examples = 0 }");
     assert!(only_error(&text).starts_with("stages[1].budget.examples"));

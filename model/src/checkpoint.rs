@@ -493,6 +493,45 @@ pub fn save(model: &PaliGemma, dir: &Path, opts: &SaveOptions) -> Result<()> {
     Ok(())
 }
 
+/// Writes any set of parameters (not a PaliGemma: the contrastive text side) as one
+/// safetensors file, under its own names and shapes.
+pub fn save_params(params: &impl Params, path: &Path) -> Result<()> {
+    let named = params.named_params();
+    let entries: Vec<(String, Vec<usize>)> =
+        named.iter().map(|(n, p)| (n.clone(), p.shape())).collect();
+    write_safetensors(path, &entries, |i| named[i].1.to_vec())
+}
+
+/// Overwrites every parameter of `params` from a file [`save_params`] wrote for the same set.
+pub fn load_params(params: &mut impl Params, path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Safetensors {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let mut result = Ok(());
+    params.visit_mut("", &mut |name, mut p| {
+        if result.is_err() {
+            return;
+        }
+        result = (|| {
+            let view = st.tensor(name).map_err(|_| ModelError::MissingTensor {
+                name: format!("{name} (in {})", path.display()),
+            })?;
+            if view.shape() != p.shape().as_slice() {
+                return Err(ModelError::ShapeMismatch {
+                    name: name.to_string(),
+                    expected: p.shape(),
+                    found: view.shape().to_vec(),
+                });
+            }
+            p.copy_from(&to_f32(name, view.dtype(), view.data())?);
+            Ok(())
+        })();
+    });
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 //! - [`layers`]: linear, LayerNorm, RMSNorm, the parameter visitor.
 //! - [`attention`]: the batch contract's attention mask, RoPE, multi-/grouped-query attention.
 //! - [`siglip`], [`gemma`], [`paligemma`]: the towers and the whole model.
+//! - [`contrastive`]: SigLIP's text tower and sigmoid loss, to pretrain the image encoder.
 //! - [`input`]: [`ModelInput`], the model's view of the pipeline's batch contract.
 //! - [`loss`]: weighted cross-entropy from logits.
 //! - [`checkpoint`]: Hugging Face safetensors in and out.
@@ -23,6 +24,7 @@ pub mod attention;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod contrastive;
 pub mod decode;
 pub mod error;
 pub mod eval;

@@ -117,15 +117,20 @@ impl PaliGemma {
         })
     }
 
-    /// Projected image features, `[n_images * num_image_tokens, text hidden]`.
-    pub fn image_features<T: Tape<f32, Dev>>(&self, pixels: &[f32], n_images: usize) -> Matrix<T> {
+    /// The image encoder's tokens, `[n_images * num_image_tokens, vision hidden]`.
+    pub fn image_tokens<T: Tape<f32, Dev>>(&self, pixels: &[f32], n_images: usize) -> Matrix<T> {
         let patches = self.vision_tower.patchify(pixels, n_images);
         let rows = patches.len() / self.cfg.vision.patch_dim();
         let patches = self
             .dev
             .tensor_from_vec(patches, (rows, self.cfg.vision.patch_dim()));
-        let v = self.vision_tower.forward(patches.retaped::<T>(), n_images);
-        self.multi_modal_projector.forward(v)
+        self.vision_tower.forward(patches.retaped::<T>(), n_images)
+    }
+
+    /// Projected image features, `[n_images * num_image_tokens, text hidden]`.
+    pub fn image_features<T: Tape<f32, Dev>>(&self, pixels: &[f32], n_images: usize) -> Matrix<T> {
+        self.multi_modal_projector
+            .forward(self.image_tokens::<T>(pixels, n_images))
     }
 
     /// Decoder inputs, `[batch * len, hidden]`: token embeddings x sqrt(hidden), with each

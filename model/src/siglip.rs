@@ -4,7 +4,7 @@
 use dfdx::prelude::*;
 use rand::Rng;
 
-use crate::attention::{Heads, attention};
+use crate::attention::{Heads, Mask, attention};
 use crate::config::VisionConfig;
 use crate::layers::{Draw, Init, LayerNorm, Linear, gelu, impl_params};
 use crate::{Dev, Matrix};
@@ -51,6 +51,49 @@ impl_params!(SiglipLayer {
     "layer_norm2" => layer_norm2, "mlp" => mlp,
 });
 
+impl SiglipLayer {
+    /// A new layer of `width` features, drawn as SigLIP draws one: Xavier-uniform attention
+    /// and MLP weights, biases zero (the MLP's N(0, 1e-6) taken as zero), norms identity.
+    pub(crate) fn init<R: Rng>(init: &mut Init<R>, width: usize, mlp: usize, eps: f64) -> Self {
+        let mut xavier = |inp, out| Linear::drawn(init, inp, out, true, Draw::XavierUniform);
+        let self_attn = SiglipAttention {
+            q_proj: xavier(width, width),
+            k_proj: xavier(width, width),
+            v_proj: xavier(width, width),
+            out_proj: xavier(width, width),
+        };
+        let mlp = SiglipMlp {
+            fc1: xavier(width, mlp),
+            fc2: xavier(mlp, width),
+        };
+        SiglipLayer {
+            layer_norm1: LayerNorm::init(init, width, eps),
+            self_attn,
+            layer_norm2: LayerNorm::init(init, width, eps),
+            mlp,
+        }
+    }
+
+    /// `[batch * len, width]` rows through one pre-LN block with a tanh-GELU MLP; `mask`
+    /// (additive, `[batch, len, len]`) hides keys, none attends everywhere.
+    pub fn forward<T: Tape<f32, Dev>>(
+        &self,
+        x: Matrix<T>,
+        heads: Heads,
+        mask: Option<&Mask>,
+    ) -> Matrix<T> {
+        let h = self.layer_norm1.forward(x.retaped::<T>());
+        let a = &self.self_attn;
+        let q = a.q_proj.forward(h.retaped::<T>());
+        let k = a.k_proj.forward(h.retaped::<T>());
+        let v = a.v_proj.forward(h);
+        let x = crate::fused::add(x, a.out_proj.forward(attention(q, k, v, heads, mask)));
+        let h = self.layer_norm2.forward(x.retaped::<T>());
+        let h = self.mlp.fc2.forward(gelu(self.mlp.fc1.forward(h)));
+        crate::fused::add(x, h)
+    }
+}
+
 /// The vision tower. Parameter names are transformers 5's (`embeddings...`, `encoder.layers.N...`,
 /// `post_layernorm...`) under the prefix `vision_tower`.
 #[derive(Clone, Debug)]
@@ -74,23 +117,8 @@ impl SiglipVision {
     pub(crate) fn init<R: Rng>(init: &mut Init<R>, cfg: &VisionConfig) -> Self {
         let d = cfg.hidden_size;
         let eps = cfg.layer_norm_eps;
-        let xavier =
-            |init: &mut Init<R>, inp, out| Linear::drawn(init, inp, out, true, Draw::XavierUniform);
         let layers = (0..cfg.num_hidden_layers)
-            .map(|_| SiglipLayer {
-                layer_norm1: LayerNorm::init(init, d, eps),
-                self_attn: SiglipAttention {
-                    q_proj: xavier(init, d, d),
-                    k_proj: xavier(init, d, d),
-                    v_proj: xavier(init, d, d),
-                    out_proj: xavier(init, d, d),
-                },
-                layer_norm2: LayerNorm::init(init, d, eps),
-                mlp: SiglipMlp {
-                    fc1: xavier(init, d, cfg.intermediate_size),
-                    fc2: xavier(init, cfg.intermediate_size, d),
-                },
-            })
+            .map(|_| SiglipLayer::init(init, d, cfg.intermediate_size, eps))
             .collect();
         SiglipVision {
             cfg: cfg.clone(),
@@ -144,25 +172,7 @@ impl SiglipVision {
             .retaped::<T>()
             .broadcast_like::<_, Axis<0>>(&s);
         let mut x = (x.reshape_like(&s) + pos).reshape_like(&(n_images * np, d));
-        for layer in &self.layers {
-            x = self.layer(layer, x, n_images);
-        }
-        self.post_layernorm.forward(x)
-    }
-
-    fn layer<T: Tape<f32, Dev>>(
-        &self,
-        l: &SiglipLayer,
-        x: Matrix<T>,
-        n_images: usize,
-    ) -> Matrix<T> {
-        let np = self.cfg.num_patches();
         let nh = self.cfg.num_attention_heads;
-        let h = l.layer_norm1.forward(x.retaped::<T>());
-        let a = &l.self_attn;
-        let q = a.q_proj.forward(h.retaped::<T>());
-        let k = a.k_proj.forward(h.retaped::<T>());
-        let v = a.v_proj.forward(h);
         let heads = Heads {
             batch: n_images,
             queries: np,
@@ -171,9 +181,9 @@ impl SiglipVision {
             kv_heads: nh,
             head_dim: self.cfg.head_dim(),
         };
-        let x = crate::fused::add(x, a.out_proj.forward(attention(q, k, v, heads, None)));
-        let h = l.layer_norm2.forward(x.retaped::<T>());
-        let h = l.mlp.fc2.forward(gelu(l.mlp.fc1.forward(h)));
-        crate::fused::add(x, h)
+        for layer in &self.layers {
+            x = layer.forward(x, heads, None);
+        }
+        self.post_layernorm.forward(x)
     }
 }

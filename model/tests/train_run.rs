@@ -344,6 +344,93 @@ fn resuming_without_the_optimiser_state_is_an_error_naming_the_file() {
     );
 }
 
+/// A siglip first stage trains the image encoder against a text tower (saved with each
+/// checkpoint) and leaves the projector and the LLM as they were; the prefix-LM stage after it
+/// trains everything, and a run stopped inside the siglip stage resumes bit for bit.
+#[test]
+fn a_siglip_stage_trains_only_the_image_encoder_and_resumes_bit_for_bit() {
+    let data = tempfile::tempdir().unwrap();
+    let tokenizer = dataset(data.path());
+    let mut mixture = spec(
+        data.path(),
+        "{ lr = 3e-3, warmup = { steps = 2 }, schedule = \"cosine\" }",
+    );
+    mixture.stages[0].objective = mixtures::Objective::Siglip;
+    let dev = model::device();
+    let config = |dir: &Path, stop_after| TrainConfig {
+        run_dir: Some(dir.to_path_buf()),
+        checkpoint_every: 2,
+        keep_checkpoints: 0,
+        stop_after,
+        ..Default::default()
+    };
+    let fresh = params(&tiny_model(&tokenizer, 28));
+
+    let whole_dir = tempfile::tempdir().unwrap();
+    let mut whole = Trainer::new(
+        mixture.clone(),
+        tiny_model(&tokenizer, 28),
+        options(&tokenizer),
+        config(whole_dir.path(), None),
+    )
+    .unwrap();
+    let (outcome, all) = run_all(&mut whole);
+    assert_eq!(outcome, Outcome::Finished { steps: 8 });
+    let (siglip, prefix_lm) = all.split_at(5);
+    assert!(
+        siglip.iter().all(|e| e.lr.llm == 0.0
+            && e.lr.projector == 0.0
+            && e.lr.text == e.lr.vision
+            && e.loss.is_finite()),
+        "{siglip:#?}"
+    );
+    assert!(siglip[1..].iter().any(|e| e.lr.vision > 0.0));
+    assert!(prefix_lm.iter().all(|e| e.lr.text == 0.0 && e.lr.llm > 0.0));
+    let checkpoints = whole_dir.path().join("checkpoints");
+    for step in [2, 4, 6, 8] {
+        let dir = checkpoints.join(format!("step-{step:08}"));
+        assert!(dir.join("contrastive.safetensors").is_file(), "step {step}");
+        assert!(dir.join("optimizer-contrastive.safetensors").is_file());
+    }
+
+    // At step 4, inside the siglip stage: only the image encoder has moved.
+    let at_four = model::checkpoint::load(&checkpoints.join("step-00000004"), &dev).unwrap();
+    let mut vision_moved = false;
+    for ((name, before), (_, after)) in fresh.iter().zip(&params(&at_four)) {
+        if name.starts_with("vision_tower.") {
+            vision_moved |= before != after;
+        } else {
+            assert_eq!(before, after, "{name} moved in the siglip stage");
+        }
+    }
+    assert!(vision_moved);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Trainer::new(
+        mixture.clone(),
+        tiny_model(&tokenizer, 28),
+        options(&tokenizer),
+        config(dir.path(), Some(3)),
+    )
+    .unwrap();
+    let (_, before) = run_all(&mut first);
+    let latest = latest_checkpoint(&dir.path().join("checkpoints"))
+        .unwrap()
+        .unwrap();
+    let mut resumed = Trainer::resume(
+        &latest,
+        mixture.clone(),
+        options(&tokenizer),
+        config(dir.path(), None),
+        &dev,
+    )
+    .unwrap();
+    let (_, after) = run_all(&mut resumed);
+    let joined: Vec<TrainEvent> = before.into_iter().chain(after).collect();
+    assert_eq!(loss_bits(&joined), loss_bits(&all));
+    assert_eq!(params(&resumed.model), params(&whole.model));
+}
+
 fn first_batches(mixture: &Mixture, tokenizer: &Arc<PaliTokenizer>, n: usize) -> Vec<Batch> {
     stage_stream(mixture, 0, &options(tokenizer), StreamState::default())
         .unwrap()

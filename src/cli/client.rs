@@ -272,7 +272,10 @@ fn watch_run(client: &Client, id: i64, json: bool) -> anyhow::Result<()> {
                     b.set_position(e.stage_step.min(e.stage_steps));
                     b.set_message(format!(
                         "{} loss {:.4} lr {:.2e} {:.1} ex/s",
-                        e.stage_name, e.loss, e.lr.llm, e.examples_per_s
+                        e.stage_name,
+                        e.loss,
+                        e.lr.peak(),
+                        e.examples_per_s
                     ));
                 }
             }

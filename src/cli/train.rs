@@ -134,7 +134,7 @@ pub fn train_with_progress(trainer: &mut Trainer) -> anyhow::Result<Outcome> {
             "{} loss {:.4} lr {:.2e} |g| {:.3} {:.1} ex/s {:.0} tok/s wait {:.0}%",
             e.stage_name,
             e.loss,
-            e.lr.llm,
+            e.lr.peak(),
             e.grad_norm,
             e.examples_per_s,
             e.tokens_per_s,

@@ -2,7 +2,8 @@
 //!
 //! `RUN_DIR/checkpoints/step-00000123/` holds the model (Hugging Face safetensors and
 //! `config.json`, via [`crate::checkpoint::save`]; the folder opens in transformers), the run's
-//! `tokenizer.json`, each optimiser group's state ([`super::Groups::save`]) and `state.json`
+//! `tokenizer.json`, each optimiser group's state ([`super::Groups::save`]), the text side of
+//! `siglip` stages once one has run ([`super::siglip::TextSide::save`]), and `state.json`
 //! ([`RunState`]: step, stage, the pipeline's stream state, the spec, metrics so far). It is written under a
 //! temporary name and renamed when complete, so a folder named `step-*` is always whole;
 //! a crash mid-write leaves only a `.tmp-*` folder, removed by the next save.
@@ -14,8 +15,10 @@ use pipeline::text::PaliTokenizer;
 use serde::{Deserialize, Serialize};
 
 use super::groups::Groups;
+use super::siglip::TextSide;
 use super::trainer::TrainEvent;
 use super::{Result, TrainError};
+use crate::contrastive::ContrastiveConfig;
 use crate::{Dev, PaliGemma};
 
 /// Version of `state.json`'s layout.
@@ -40,6 +43,10 @@ pub struct RunState {
     pub spec: serde_json::Value,
     /// One event per step so far.
     pub metrics: Vec<TrainEvent>,
+    /// The text side of `siglip` stages, once one has run (its weights and optimiser state
+    /// are files beside the model's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrastive: Option<ContrastiveConfig>,
 }
 
 /// The folder of the checkpoint at `step` under `dir`.
@@ -83,6 +90,7 @@ pub fn save_run_checkpoint(
     dir: &Path,
     model: &mut PaliGemma,
     groups: &mut Groups,
+    text: Option<&mut TextSide>,
     state: &RunState,
     tokenizer: &PaliTokenizer,
     keep: usize,
@@ -95,6 +103,9 @@ pub fn save_run_checkpoint(
     }
     crate::checkpoint::save(model, &tmp, &Default::default())?;
     groups.save(model, &tmp)?;
+    if let Some(text) = text {
+        text.save(&tmp)?;
+    }
     // The run's tokenizer beside the weights: the folder predicts and evaluates on its own.
     let tokenizer_path = tmp.join(TOKENIZER_FILE);
     tokenizer
@@ -142,8 +153,17 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all().map_err(|e| TrainError::io(path, e))
 }
 
-/// Reads a checkpoint folder: the model, its optimiser groups, and the run state.
-pub fn load_run_checkpoint(dir: &Path, dev: &Dev) -> Result<(PaliGemma, Groups, RunState)> {
+/// What a checkpoint folder holds.
+pub struct RunCheckpoint {
+    pub model: PaliGemma,
+    pub groups: Groups,
+    /// The text side of `siglip` stages, if one has run.
+    pub text: Option<TextSide>,
+    pub state: RunState,
+}
+
+/// Reads a checkpoint folder.
+pub fn load_run_checkpoint(dir: &Path, dev: &Dev) -> Result<RunCheckpoint> {
     let path = dir.join(STATE_FILE);
     let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
     let state: RunState = serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint {
@@ -159,5 +179,14 @@ pub fn load_run_checkpoint(dir: &Path, dev: &Dev) -> Result<(PaliGemma, Groups, 
     let mut model = crate::checkpoint::load(dir, dev)?;
     let mut groups = Groups::new(0.0);
     groups.load(&mut model, dir)?;
-    Ok((model, groups, state))
+    let text = match &state.contrastive {
+        Some(cfg) => Some(TextSide::load(cfg, dir, dev)?),
+        None => None,
+    };
+    Ok(RunCheckpoint {
+        model,
+        groups,
+        text,
+        state,
+    })
 }

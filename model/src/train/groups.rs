@@ -27,6 +27,15 @@ pub enum Group {
 impl Group {
     pub const ALL: [Group; 3] = [Group::Vision, Group::Projector, Group::Llm];
 
+    /// The groups a prefix-LM step trains: all but a frozen image encoder.
+    pub fn trained(freeze_vit: bool) -> &'static [Group] {
+        if freeze_vit {
+            &[Group::Projector, Group::Llm]
+        } else {
+            &Group::ALL
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Group::Vision => "vision",
@@ -58,6 +67,13 @@ pub struct GroupLrs {
     pub vision: f64,
     pub projector: f64,
     pub llm: f64,
+    /// The text side of a `siglip` stage ([`super::siglip`]); 0 elsewhere.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub text: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl GroupLrs {
@@ -75,7 +91,24 @@ impl GroupLrs {
             vision,
             projector: image,
             llm: lr,
+            text: 0.0,
         }
+    }
+
+    /// The rates of a `siglip` stage: the image encoder and the text side at the stage's
+    /// scheduled rate, the projector and the LLM at rest.
+    pub fn siglip(training: &Training, step: u64, total: u64) -> Self {
+        let lr = LrSchedule::from_training(training, total).lr(step);
+        GroupLrs {
+            vision: lr,
+            text: lr,
+            ..Default::default()
+        }
+    }
+
+    /// The highest rate of the step, for a one-number display.
+    pub fn peak(&self) -> f64 {
+        self.vision.max(self.projector).max(self.llm).max(self.text)
     }
 
     pub fn get(&self, group: Group) -> f64 {
@@ -125,20 +158,17 @@ impl Groups {
         }
     }
 
-    /// One update of every group whose rate is not frozen: `lrs` and `weight_decay` apply to
-    /// this step. A vision rate of 0 with `freeze_vit` leaves the image encoder untouched.
+    /// One update of each group of `groups` at its rate in `lrs`, with `weight_decay`; the
+    /// others stay as they are (their moments and step counts too).
     pub fn update(
         &mut self,
         model: &mut PaliGemma,
         grads: &mut Gradients,
         lrs: &GroupLrs,
         weight_decay: f64,
-        freeze_vit: bool,
+        groups: &[Group],
     ) {
-        for group in Group::ALL {
-            if group == Group::Vision && freeze_vit {
-                continue;
-            }
+        for &group in groups {
             let opt = self.optimizer_mut(group);
             opt.cfg.lr = lrs.get(group);
             opt.cfg.weight_decay = weight_decay;

@@ -9,6 +9,7 @@
 //!   AdamW state and learning rate; `freeze_vit`.
 //! - [`checkpoint`]: a run checkpoint (weights, optimiser state, step, the pipeline's state,
 //!   the spec, metrics), written atomically, the last K kept.
+//! - [`siglip`]: the step of a `siglip` stage: the image encoder against a text tower.
 //! - [`trainer`]: the loop over a mixture's stages, its guard rails and its event stream.
 //! - [`report`]: the run's HTML report: loss curves, scores, sample predictions.
 //! - [`run`]: opening a run from a spec and a run folder (fresh, from a Hugging Face folder,
@@ -20,13 +21,15 @@ pub mod groups;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod siglip;
 pub mod trainer;
 
 use std::path::PathBuf;
 
 pub use batch::{model_input, split_rows};
 pub use checkpoint::{
-    RunState, complete_checkpoints, latest_checkpoint, load_run_checkpoint, save_run_checkpoint,
+    RunCheckpoint, RunState, complete_checkpoints, latest_checkpoint, load_run_checkpoint,
+    save_run_checkpoint,
 };
 pub use groups::{Group, GroupLrs, Groups};
 pub use report::write_report;

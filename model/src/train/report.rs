@@ -145,11 +145,14 @@ fn lr_chart(events: &[TrainEvent]) -> String {
             events.iter().map(|e| (e.step as f64, f(e))).collect(),
         )
     };
-    let series = vec![
+    let mut series = vec![
         pick("LLM", |e| e.lr.llm),
         pick("projector", |e| e.lr.projector),
         pick("image encoder", |e| e.lr.vision),
     ];
+    if events.iter().any(|e| e.lr.text > 0.0) {
+        series.push(pick("text tower (siglip)", |e| e.lr.text));
+    }
     chart(&series, events, "learning rate")
 }
 
@@ -281,6 +284,7 @@ mod tests {
                 vision: 1e-4,
                 projector: 1e-4,
                 llm: 1e-4,
+                text: 0.0,
             },
             grad_norm: 1.0,
             examples: 8,

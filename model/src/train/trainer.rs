@@ -10,6 +10,10 @@
 //! `grad_clip` and each optimiser group steps at its scheduled rate. Every step emits a
 //! [`TrainEvent`]; checkpoints ([`super::checkpoint`]) are written every
 //! [`TrainConfig::checkpoint_every`] steps, when the run stops early, and at its end.
+//!
+//! A stage whose objective is `siglip` steps differently ([`super::siglip`]): the whole batch
+//! at once (its pairs are each other's negatives), the sigmoid loss of its images against
+//! their suffixes, and only the image encoder and the text tower updated.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use dfdx::prelude::*;
-use mixtures::{Budget, LossNorm, Mixture, Training};
+use mixtures::{Budget, LossNorm, Mixture, Objective, Training};
 use pipeline::Batch;
 use pipeline::mixture::{RunOptions, inspect_sources, stage_of, stage_stream};
 use pipeline::stream::StreamState;
@@ -27,9 +31,11 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::{model_input, split_rows};
 use super::checkpoint::{FORMAT, RunState, load_run_checkpoint, save_run_checkpoint};
-use super::groups::{GroupLrs, Groups};
+use super::groups::{Group, GroupLrs, Groups};
+use super::siglip::{TextSide, Trained};
 use super::{Result, TrainError};
 use crate::config::PaliGemmaConfig;
+use crate::contrastive::ContrastiveConfig;
 use crate::gemma::Dropout;
 use crate::input::ModelInput;
 use crate::layers::{ParamRef, Params};
@@ -313,6 +319,8 @@ fn origins(batch: &Batch, tasks: &[String]) -> String {
 pub struct Trainer {
     pub model: PaliGemma,
     groups: Groups,
+    /// The text side of `siglip` stages, from the first siglip step on.
+    text: Option<TextSide>,
     mixture: Mixture,
     options: RunOptions,
     config: TrainConfig,
@@ -341,6 +349,7 @@ impl Trainer {
         Ok(Trainer {
             model,
             groups: Groups::new(0.0),
+            text: None,
             mixture,
             options,
             config,
@@ -363,14 +372,16 @@ impl Trainer {
         config: TrainConfig,
         dev: &Dev,
     ) -> Result<Self> {
-        let (model, groups, state) = load_run_checkpoint(checkpoint, dev)?;
+        let saved = load_run_checkpoint(checkpoint, dev)?;
+        let (model, state) = (saved.model, saved.state);
         let what = format!("checkpoint {}", checkpoint.display());
         check_tokenizer(&model.cfg, &options.tokenizer, &what)?;
         if state.spec != spec_json(&mixture) {
             tracing::warn!(checkpoint = %checkpoint.display(), "the spec differs from the one the run started with");
         }
         let mut t = Trainer::new(mixture, model, options, config)?;
-        t.groups = groups;
+        t.groups = saved.groups;
+        t.text = saved.text;
         t.step = state.step;
         t.stage = state.stage;
         t.stage_step = state.stage_step;
@@ -567,6 +578,29 @@ impl Trainer {
         result
     }
 
+    /// The sigmoid loss of a `siglip` stage's `batch` and its gradients (the image encoder's
+    /// and the text side's); makes the text side at the run's first siglip step.
+    fn siglip_loss_and_grads(&mut self, batch: &Batch) -> Result<(f32, Gradients)> {
+        set_resolution(&mut self.model, batch.resolution)?;
+        if self.text.is_none() {
+            let longest = (0..self.mixture.stages.len())
+                .filter(|&i| self.mixture.stages[i].objective == Objective::Siglip)
+                .map(|i| self.mixture.stages[i].text_len() as usize)
+                .max()
+                .unwrap_or(1);
+            let cfg = ContrastiveConfig::for_vision(
+                &self.model.cfg.vision,
+                self.options.tokenizer.vocab_size(),
+                longest,
+            );
+            tracing::info!(?cfg, "a text tower for the siglip stages");
+            let seed = self.mixture.seed ^ 0x5167_1195;
+            self.text = Some(TextSide::new(&cfg, &self.model.dev, seed));
+        }
+        let text = self.text.as_ref().expect("made above");
+        super::siglip::loss_and_grads(&self.model, text, batch)
+    }
+
     /// One optimiser step on `batch` with the knobs of a stage of `stage_steps` planned steps
     /// at the trainer's current stage step.
     pub fn train_batch(
@@ -576,7 +610,16 @@ impl Trainer {
         stage_steps: u64,
     ) -> Result<StepStats> {
         let stage_name = self.stage_name(self.stage);
-        let (loss, mut grads) = self.batch_loss_and_grads(batch, training)?;
+        let siglip = self
+            .mixture
+            .stages
+            .get(self.stage)
+            .is_some_and(|s| s.objective == Objective::Siglip);
+        let (loss, mut grads) = if siglip {
+            self.siglip_loss_and_grads(batch)?
+        } else {
+            self.batch_loss_and_grads(batch, training)?
+        };
         let non_finite = |what, value| TrainError::NonFinite {
             step: self.step + 1,
             stage: stage_name.clone(),
@@ -587,29 +630,51 @@ impl Trainer {
         if !loss.is_finite() {
             return Err(non_finite("the loss", loss));
         }
-        let norm = if training.grad_clip > 0.0 {
-            clip_grad_norm(&mut self.model, &mut grads, training.grad_clip as f32)
-        } else {
-            grad_norm(&mut self.model, &mut grads)
+        let clip = training.grad_clip as f32;
+        let norm = match &mut self.text {
+            Some(text) if siglip => {
+                let mut trained = Trained {
+                    vision: &mut self.model.vision_tower,
+                    text: &mut text.tower,
+                };
+                if clip > 0.0 {
+                    clip_grad_norm(&mut trained, &mut grads, clip)
+                } else {
+                    grad_norm(&mut trained, &mut grads)
+                }
+            }
+            _ if clip > 0.0 => clip_grad_norm(&mut self.model, &mut grads, clip),
+            _ => grad_norm(&mut self.model, &mut grads),
         };
         if !norm.is_finite() {
             return Err(non_finite("the gradient norm", norm));
         }
-        let task_loss = if self.config.task_loss_every > 0
+        let task_loss = if !siglip
+            && self.config.task_loss_every > 0
             && (self.step + 1).is_multiple_of(self.config.task_loss_every)
         {
             self.task_losses(batch)?
         } else {
             BTreeMap::new()
         };
-        let lr = GroupLrs::at(training, self.stage_step, stage_steps);
-        self.groups.update(
-            &mut self.model,
-            &mut grads,
-            &lr,
-            training.weight_decay,
-            training.freeze_vit,
-        );
+        let decay = training.weight_decay;
+        let lr = if siglip {
+            let lr = GroupLrs::siglip(training, self.stage_step, stage_steps);
+            let text = self.text.as_mut().expect("made by the siglip loss");
+            text.optimizer.cfg.lr = lr.text;
+            text.optimizer.cfg.weight_decay = decay;
+            text.optimizer.update(&mut text.tower, &mut grads);
+            let groups = [Group::Vision];
+            self.groups
+                .update(&mut self.model, &mut grads, &lr, decay, &groups);
+            lr
+        } else {
+            let lr = GroupLrs::at(training, self.stage_step, stage_steps);
+            let groups = Group::trained(training.freeze_vit);
+            self.groups
+                .update(&mut self.model, &mut grads, &lr, decay, groups);
+            lr
+        };
         Ok(StepStats {
             loss,
             grad_norm: norm,
@@ -707,11 +772,13 @@ impl Trainer {
             stream: self.stream.clone(),
             spec: spec_json(&self.mixture),
             metrics: self.metrics.clone(),
+            contrastive: self.text.as_ref().map(|t| t.tower.cfg.clone()),
         };
         let path = save_run_checkpoint(
             &dir,
             &mut self.model,
             &mut self.groups,
+            self.text.as_mut(),
             &state,
             &self.options.tokenizer,
             self.config.keep_checkpoints,

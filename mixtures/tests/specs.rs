@@ -94,6 +94,28 @@ fn quickstart_fits_the_demo_data_and_runs_its_three_stages() {
     assert!(mixture.stages.iter().all(|s| s.packing()));
 }
 
+/// The encoder-first experiment differs from the quickstart's first stage only by the siglip
+/// stage before it, so that the README's comparison holds.
+#[test]
+fn encoder_first_is_a_siglip_stage_then_the_quickstarts_first_stage() {
+    let mixture = spec("encoder_first.toml");
+    mixture
+        .validate(&ValidationContext::new().with_columns(&demo_columns))
+        .unwrap();
+    let quickstart = spec("quickstart.toml");
+    let [siglip, pretrain] = &mixture.stages[..] else {
+        panic!("two stages")
+    };
+    assert_eq!(siglip.objective, mixtures::Objective::Siglip);
+    assert_eq!(
+        mixture.stage_weights(0).unwrap(),
+        [("caption".to_string(), 1.0)]
+    );
+    assert_eq!(pretrain, &quickstart.stages[0]);
+    assert_eq!(mixture.tasks, quickstart.tasks);
+    assert_eq!(mixture.sources, quickstart.sources);
+}
+
 #[test]
 fn paligemma_stages_follow_the_paper() {
     let mixture = spec("paligemma_stage1_2.toml");

@@ -72,6 +72,14 @@ fn only_error(text: &str) -> String {
     errors[0].to_string()
 }
 
+/// Each error of `text` as "key path: problem".
+fn path_and_problem(text: &str) -> Vec<String> {
+    errors(text)
+        .iter()
+        .map(|e| format!("{}: {}", e.path, e.problem))
+        .collect()
+}
+
 /// 1-based line of the first occurrence of `needle`.
 fn line_of(text: &str, needle: &str) -> usize {
     1 + text[..text.find(needle).expect(needle)]
@@ -356,10 +364,7 @@ fn a_siglip_stage_pairs_one_image_with_one_text_in_batches_without_prefix_lm_kno
             "batch_size = 1\nbudget = { examples = 100 }",
         )
         .replace("prefix = \"ocr\"", "prefix = \"ocr\"\nimages = 2");
-    let messages: Vec<String> = errors(&text)
-        .iter()
-        .map(|e| format!("{}: {}", e.path, e.problem))
-        .collect();
+    let messages = path_and_problem(&text);
     assert_eq!(
         messages,
         [
@@ -432,10 +437,7 @@ fn training_knobs_in_range() {
         "budget = { examples = 100 }",
         "budget = { examples = 100 }\ntrain = { lr = 0.0, image_lr_scale = 0.0, label_smoothing = 1.0, llm_dropout = -0.1, warmup = { fraction = 1.5 } }",
     );
-    let messages: Vec<String> = errors(&text)
-        .iter()
-        .map(|e| format!("{}: {}", e.path, e.problem))
-        .collect();
+    let messages = path_and_problem(&text);
     assert_eq!(
         messages,
         [

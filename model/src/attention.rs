@@ -123,6 +123,21 @@ pub struct Heads {
     pub head_dim: usize,
 }
 
+impl Heads {
+    /// Self-attention of `batch` sequences of `len` with `heads` heads, each its own key/value
+    /// head (SigLIP's towers).
+    pub fn self_attention(batch: usize, len: usize, heads: usize, head_dim: usize) -> Self {
+        Heads {
+            batch,
+            queries: len,
+            keys: len,
+            heads,
+            kv_heads: heads,
+            head_dim,
+        }
+    }
+}
+
 /// Scaled dot-product attention.
 ///
 /// `q`: `[batch * queries, heads * head_dim]`; `k`, `v`: `[batch * keys, kv_heads * head_dim]`

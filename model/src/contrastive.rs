@@ -167,14 +167,7 @@ impl Contrastive {
                 .retaped::<T>()
                 .gather(dev.tensor_from_vec(pos, (b * l,)));
         let nh = self.cfg.num_attention_heads;
-        let heads = Heads {
-            batch: b,
-            queries: l,
-            keys: l,
-            heads: nh,
-            kv_heads: nh,
-            head_dim: d / nh,
-        };
+        let heads = Heads::self_attention(b, l, nh, d / nh);
         for layer in &tower.layers {
             x = layer.forward(x, heads, Some(&mask));
         }

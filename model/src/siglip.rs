@@ -172,15 +172,12 @@ impl SiglipVision {
             .retaped::<T>()
             .broadcast_like::<_, Axis<0>>(&s);
         let mut x = (x.reshape_like(&s) + pos).reshape_like(&(n_images * np, d));
-        let nh = self.cfg.num_attention_heads;
-        let heads = Heads {
-            batch: n_images,
-            queries: np,
-            keys: np,
-            heads: nh,
-            kv_heads: nh,
-            head_dim: self.cfg.head_dim(),
-        };
+        let heads = Heads::self_attention(
+            n_images,
+            np,
+            self.cfg.num_attention_heads,
+            self.cfg.head_dim(),
+        );
         for layer in &self.layers {
             x = layer.forward(x, heads, None);
         }

@@ -594,6 +594,7 @@ impl Trainer {
                 longest,
             );
             tracing::info!(?cfg, "a text tower for the siglip stages");
+            // Drawn apart from the model's weights, but fixed by the spec's seed.
             let seed = self.mixture.seed ^ 0x5167_1195;
             self.text = Some(TextSide::new(&cfg, &self.model.dev, seed));
         }

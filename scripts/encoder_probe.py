@@ -2,7 +2,8 @@
 patches, 112 px) on the demo scenes, then writes it into a copy of a paliforge checkpoint, so that
 `paliforge train --init` starts the LLM from scratch on an encoder that already sees the scenes.
 An experiment, not a test (the tests need no Python): it measured how much of the quickstart's
-gap is the image encoder (README, "Where it stands").
+gap is the image encoder (README, "Where it stands"). paliforge now trains the encoder the
+`siglip` way itself, as a stage of a spec (`objective = "siglip"`, mixtures/specs/encoder_first.toml).
 
     python3 -m venv /tmp/probe && /tmp/probe/bin/pip install torch pyarrow pillow safetensors
     paliforge demo-data --out demo

@@ -41,6 +41,15 @@ fn demo_columns(source: &str) -> Option<Vec<String>> {
     Some(columns.iter().map(|c| c.to_string()).collect())
 }
 
+/// A shipped spec that must validate against the demo dataset's columns.
+fn demo_spec(name: &str) -> Mixture {
+    let mixture = spec(name);
+    mixture
+        .validate(&ValidationContext::new().with_columns(&demo_columns))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    mixture
+}
+
 #[test]
 fn every_shipped_spec_parses_validates_and_round_trips_through_json() {
     let files = shipped();
@@ -63,10 +72,7 @@ fn every_shipped_spec_parses_validates_and_round_trips_through_json() {
 
 #[test]
 fn quickstart_fits_the_demo_data_and_runs_its_three_stages() {
-    let mixture = spec("quickstart.toml");
-    mixture
-        .validate(&ValidationContext::new().with_columns(&demo_columns))
-        .unwrap();
+    let mixture = demo_spec("quickstart.toml");
     assert_eq!(mixture.stages.len(), 3);
     assert!(mixture.stages[0].resolution() < mixture.stages[1].resolution());
     assert_eq!(mixture.images_per_example("compare"), 2);
@@ -98,10 +104,7 @@ fn quickstart_fits_the_demo_data_and_runs_its_three_stages() {
 /// stage before it, so that the README's comparison holds.
 #[test]
 fn encoder_first_is_a_siglip_stage_then_the_quickstarts_first_stage() {
-    let mixture = spec("encoder_first.toml");
-    mixture
-        .validate(&ValidationContext::new().with_columns(&demo_columns))
-        .unwrap();
+    let mixture = demo_spec("encoder_first.toml");
     let quickstart = spec("quickstart.toml");
     let [siglip, pretrain] = &mixture.stages[..] else {
         panic!("two stages")

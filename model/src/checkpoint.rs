@@ -502,6 +502,21 @@ pub fn save_params(params: &impl Params, path: &Path) -> Result<()> {
     write_safetensors(path, &entries, |i| named[i].1.to_vec())
 }
 
+/// The values of tensor `name` of `st`, which must have exactly `shape`.
+pub(crate) fn read_exact(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let view = st.tensor(name).map_err(|_| ModelError::MissingTensor {
+        name: name.to_string(),
+    })?;
+    if view.shape() != shape {
+        return Err(ModelError::ShapeMismatch {
+            name: name.to_string(),
+            expected: shape.to_vec(),
+            found: view.shape().to_vec(),
+        });
+    }
+    to_f32(name, view.dtype(), view.data())
+}
+
 /// Overwrites every parameter of `params` from a file [`save_params`] wrote for the same set.
 pub fn load_params(params: &mut impl Params, path: &Path) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
@@ -511,23 +526,9 @@ pub fn load_params(params: &mut impl Params, path: &Path) -> Result<()> {
     })?;
     let mut result = Ok(());
     params.visit_mut("", &mut |name, mut p| {
-        if result.is_err() {
-            return;
+        if result.is_ok() {
+            result = read_exact(&st, name, &p.shape()).map(|v| p.copy_from(&v));
         }
-        result = (|| {
-            let view = st.tensor(name).map_err(|_| ModelError::MissingTensor {
-                name: format!("{name} (in {})", path.display()),
-            })?;
-            if view.shape() != p.shape().as_slice() {
-                return Err(ModelError::ShapeMismatch {
-                    name: name.to_string(),
-                    expected: p.shape(),
-                    found: view.shape().to_vec(),
-                });
-            }
-            p.copy_from(&to_f32(name, view.dtype(), view.data())?);
-            Ok(())
-        })();
     });
     result
 }

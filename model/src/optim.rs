@@ -121,12 +121,13 @@ pub fn grad_norm<M: Params>(model: &mut M, grads: &mut Gradients) -> f32 {
 }
 
 /// Scales the gradients so that their global norm is at most `max_norm` (as
-/// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping. On CUDA the scaling goes
-/// through host memory.
+/// `torch.nn.utils.clip_grad_norm_`; a `max_norm` of 0 or less does not clip, as a spec's
+/// `grad_clip = 0`); returns the norm before clipping. On CUDA the scaling goes through host
+/// memory.
 pub fn clip_grad_norm<M: Params>(model: &mut M, grads: &mut Gradients, max_norm: f32) -> f32 {
     let norm = grad_norm(model, grads);
     let c = max_norm / (norm + 1e-6);
-    if c < 1.0 {
+    if max_norm > 0.0 && c < 1.0 {
         model.visit_mut("", &mut |_, p| match p {
             ParamMut::Matrix(t) => {
                 let v: Vec<f32> = read_entry(grads, &*t).iter().map(|x| x * c).collect();
@@ -207,22 +208,7 @@ impl AdamW {
                 return;
             }
             let shape = p.shape();
-            let read = |key: String| -> Result<Vec<f32>> {
-                let v = st
-                    .tensor(&key)
-                    .map_err(|_| ModelError::MissingTensor { name: key.clone() })?;
-                if v.shape() != shape.as_slice() {
-                    return Err(ModelError::ShapeMismatch {
-                        name: key,
-                        expected: shape.clone(),
-                        found: v.shape().to_vec(),
-                    });
-                }
-                Ok(v.data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect())
-            };
+            let read = |key: String| crate::checkpoint::read_exact(&st, &key, &shape);
             result = (|| {
                 let (a, b) = (read(format!("m1.{name}"))?, read(format!("m2.{name}"))?);
                 match p {
@@ -275,6 +261,12 @@ mod tests {
         let (_, mut g) = m.loss_and_grads(&input(&cfg), &Default::default()).unwrap();
         let before = grad_norm(&mut m, &mut g);
         assert!(before > 0.0);
+        assert_eq!(
+            clip_grad_norm(&mut m, &mut g, 0.0),
+            before,
+            "0: no clipping"
+        );
+        assert_eq!(grad_norm(&mut m, &mut g), before);
         let reported = clip_grad_norm(&mut m, &mut g, before / 4.0);
         assert!((reported - before).abs() < 1e-4 * before);
         let after = grad_norm(&mut m, &mut g);

@@ -40,7 +40,7 @@ use crate::gemma::Dropout;
 use crate::input::ModelInput;
 use crate::layers::{ParamRef, Params};
 use crate::loss::LossOptions;
-use crate::optim::{clip_grad_norm, grad_norm, read_entry, write_entry};
+use crate::optim::{clip_grad_norm, read_entry, write_entry};
 use crate::{Dev, Gradients, PaliGemma};
 
 /// How this process trains (the spec says what; these say how).
@@ -632,20 +632,15 @@ impl Trainer {
             return Err(non_finite("the loss", loss));
         }
         let clip = training.grad_clip as f32;
-        let norm = match &mut self.text {
-            Some(text) if siglip => {
-                let mut trained = Trained {
-                    vision: &mut self.model.vision_tower,
-                    text: &mut text.tower,
-                };
-                if clip > 0.0 {
-                    clip_grad_norm(&mut trained, &mut grads, clip)
-                } else {
-                    grad_norm(&mut trained, &mut grads)
-                }
-            }
-            _ if clip > 0.0 => clip_grad_norm(&mut self.model, &mut grads, clip),
-            _ => grad_norm(&mut self.model, &mut grads),
+        let norm = if siglip {
+            let text = self.text.as_mut().expect("made by the siglip loss");
+            let mut trained = Trained {
+                vision: &mut self.model.vision_tower,
+                text: &mut text.tower,
+            };
+            clip_grad_norm(&mut trained, &mut grads, clip)
+        } else {
+            clip_grad_norm(&mut self.model, &mut grads, clip)
         };
         if !norm.is_finite() {
             return Err(non_finite("the gradient norm", norm));

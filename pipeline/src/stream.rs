@@ -6,6 +6,8 @@
 //! that resumes right after it, so a stream rebuilt from that state yields exactly the batches
 //! that would have followed, whatever the number of threads.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -91,9 +93,10 @@ pub struct BatchStream {
     _runtime: tokio::runtime::Runtime,
 }
 
-/// Rows drawn per trip to the worker pool: enough to keep every worker busy, small enough
-/// that the pool's tail (workers idle while the last items finish) stays short.
+/// Rows drawn per trip to the worker pool: enough to keep every worker busy.
 const WINDOW_PER_THREAD: usize = 24;
+/// Windows queued on the pool at once (see `Coordinator::pump`).
+const WINDOWS_ON_THE_POOL: usize = 2;
 /// Rows each reader fetches ahead of the coordinator.
 const READ_AHEAD: usize = 64;
 
@@ -275,8 +278,9 @@ impl Coordinator {
         }
     }
 
-    /// Three windows in flight: while the pool processes one, this thread packs the one before
-    /// and draws the one after, so the cores never wait on the serial work.
+    /// Two windows on the pool at once, so that workers done with their share of one take
+    /// work from the next instead of idling at its tail; meanwhile this thread packs the window
+    /// before them and draws the one after.
     fn pump(&mut self, tx: &Sender) -> Result<(), PipelineError> {
         let Coordinator {
             config,
@@ -284,34 +288,43 @@ impl Coordinator {
             state,
             pool,
         } = self;
+        let config = &*config;
         let mut packer = Packer::new(config.pack)?;
         let mut output = Output { state, tx };
-        let mut done: Option<Window> = None;
-        let (mut drawn, mut tail) = drawer.draw_window();
-        while !drawn.is_empty() {
-            let mut processed = Vec::new();
-            let (next, packed) = pool.in_place_scope(|scope| {
-                scope.spawn(|_| processed = process(config, &drawn));
-                let packed = match done.take() {
-                    Some(window) => output.pack(window, &mut packer, config),
-                    None => Ok(()),
+        let end = pool.in_place_scope(|scope| {
+            let mut in_flight = VecDeque::with_capacity(WINDOWS_ON_THE_POOL);
+            let mut end = None;
+            loop {
+                while end.is_none() && in_flight.len() < WINDOWS_ON_THE_POOL {
+                    let (drawn, tail) = drawer.draw_window();
+                    if drawn.is_empty() {
+                        end = Some(tail);
+                        break;
+                    }
+                    let (send, processed) = bounded(1);
+                    scope.spawn(move |_| {
+                        let processed = process(config, &drawn);
+                        let _ = send.send(Window {
+                            drawn,
+                            processed,
+                            tail,
+                        });
+                    });
+                    in_flight.push_back(processed);
+                }
+                let Some(next) = in_flight.pop_front() else {
+                    return Ok(end.expect("drawing stops only at the end"));
                 };
-                (drawer.draw_window(), packed)
-            });
-            packed?;
-            done = Some(Window {
-                drawn,
-                processed,
-                tail,
-            });
-            (drawn, tail) = next;
-        }
-        if let Some(window) = done {
-            output.pack(window, &mut packer, config)?;
-        }
+                // A job that panicked sends nothing; the scope then re-raises its panic.
+                let Ok(window) = next.recv() else {
+                    return Err(PipelineError::Closed);
+                };
+                output.pack(window, &mut packer, config)?;
+            }
+        })?;
         // Past the last row: a pass's end, a spent task, the stage's end.
-        output.state.cursors = tail.cursors;
-        output.state.schedule = tail.schedule;
+        output.state.cursors = end.cursors;
+        output.state.schedule = end.schedule;
         output.state.bad_inputs.check(&config.bad_input, true)?;
         if let Some(batch) = packer.flush() {
             // Everything drawn is in it: resuming after it starts after everything.
@@ -327,38 +340,45 @@ fn process(config: &StreamConfig, drawn: &[Drawn]) -> Vec<Result<Example, BadInp
     let tasks = &config.tasks;
     let tokenizer = &config.tokenizer;
     let resolution = config.pack.resolution;
+    thread_local! {
+        // One per worker for the stream's life: its buffers and decoder are made once, not at
+        // each of the pieces rayon splits a window into.
+        static IMAGES: RefCell<ImageProcessor> = RefCell::new(ImageProcessor::new());
+    }
     drawn
         .par_iter()
-        .map_init(ImageProcessor::new, |images, d| {
-            let record = d.item.as_ref().map_err(Clone::clone)?;
-            let prompt = tasks[d.task].visual_prompt.as_ref();
-            let mut pixels = Vec::with_capacity(record.images.len());
-            for image in &record.images {
-                let at = record.location.with_column(&image.column);
-                let bad = |e: ImageError| BadInput::new(e.reason(), at.clone(), e.to_string());
-                let square = match prompt {
-                    None => images
-                        .square(&image.bytes, resolution as u32)
-                        .map_err(bad)?,
-                    Some(prompt) => {
-                        let mut rgb = images
-                            .decode_rgb(&image.bytes, Some(resolution as u32))
-                            .map_err(bad)?;
-                        prompt.draw(&mut rgb, &record.fields).map_err(|e| {
-                            let at = record.location.with_column(&prompt.field);
-                            BadInput::new(Reason::BadTemplateValue, at, e)
-                        })?;
-                        images.resize(&rgb, resolution as u32).map_err(bad)?
-                    }
-                };
-                pixels.push(square);
-            }
-            tasks[d.task].formatter.format(
-                &record.fields,
-                pixels,
-                record.location.clone(),
-                tokenizer,
-            )
+        .map(|d| {
+            IMAGES.with_borrow_mut(|images| {
+                let record = d.item.as_ref().map_err(Clone::clone)?;
+                let prompt = tasks[d.task].visual_prompt.as_ref();
+                let mut pixels = Vec::with_capacity(record.images.len());
+                for image in &record.images {
+                    let at = record.location.with_column(&image.column);
+                    let bad = |e: ImageError| BadInput::new(e.reason(), at.clone(), e.to_string());
+                    let square = match prompt {
+                        None => images
+                            .square(&image.bytes, resolution as u32)
+                            .map_err(bad)?,
+                        Some(prompt) => {
+                            let mut rgb = images
+                                .decode_rgb(&image.bytes, Some(resolution as u32))
+                                .map_err(bad)?;
+                            prompt.draw(&mut rgb, &record.fields).map_err(|e| {
+                                let at = record.location.with_column(&prompt.field);
+                                BadInput::new(Reason::BadTemplateValue, at, e)
+                            })?;
+                            images.resize(&rgb, resolution as u32).map_err(bad)?
+                        }
+                    };
+                    pixels.push(square);
+                }
+                tasks[d.task].formatter.format(
+                    &record.fields,
+                    pixels,
+                    record.location.clone(),
+                    tokenizer,
+                )
+            })
         })
         .collect()
 }

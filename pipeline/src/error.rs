@@ -19,4 +19,6 @@ pub enum PipelineError {
     File { path: String, message: String },
     #[error("the stream's consumer went away")]
     Closed,
+    #[error("the stream stopped on a bug (a panic): {0}")]
+    Panicked(String),
 }

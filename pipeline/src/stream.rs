@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -273,9 +274,7 @@ type Sender = crossbeam_channel::Sender<Result<StreamBatch, PipelineError>>;
 
 impl Coordinator {
     fn run(mut self, tx: Sender) {
-        if let Err(e) = self.pump(&tx) {
-            let _ = tx.send(Err(e));
-        }
+        send_failure(&tx, || self.pump(&tx));
     }
 
     /// Two windows on the pool at once, so that workers done with their share of one take
@@ -333,6 +332,22 @@ impl Coordinator {
         }
         Ok(())
     }
+}
+
+/// Runs `work` and sends its error down `tx`. A panic (here or re-raised from the pool) is sent
+/// as an error too: the channel closing alone would tell the consumer the stream had ended.
+fn send_failure(tx: &Sender, work: impl FnOnce() -> Result<(), PipelineError>) {
+    let failure = match catch_unwind(AssertUnwindSafe(work)) {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e,
+        Err(panic) => {
+            let message = (panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            PipelineError::Panicked(message)
+        }
+    };
+    let _ = tx.send(Err(failure));
 }
 
 /// The CPU stage for a window, on the pool: decode, resize, tokenize, format, in draw order.
@@ -507,5 +522,46 @@ impl Drawer {
             schedule: schedule_before,
         };
         (drawn, self.position.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PipelineError, bounded, send_failure};
+
+    #[test]
+    fn a_panic_reaches_the_consumer_as_an_error_not_as_the_end() {
+        let (tx, rx) = bounded(2);
+        send_failure(&tx, || panic!("boom in shard 3, row 7"));
+        send_failure(&tx, || Err(PipelineError::Closed));
+        send_failure(&tx, || Ok(()));
+        drop(tx);
+        match rx.recv() {
+            Ok(Err(PipelineError::Panicked(message))) => {
+                assert_eq!(message, "boom in shard 3, row 7")
+            }
+            _ => panic!("the panic was not sent as an error"),
+        }
+        assert!(matches!(rx.recv(), Ok(Err(PipelineError::Closed))));
+        assert!(rx.recv().is_err(), "success sends nothing");
+    }
+
+    #[test]
+    fn a_panic_on_the_pool_is_re_raised_on_the_coordinator_and_sent() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let (tx, rx) = bounded(1);
+        send_failure(&tx, || {
+            pool.in_place_scope(|scope| {
+                scope.spawn(|_| panic!("in a worker"));
+                Ok(())
+            })
+        });
+        assert!(matches!(
+            rx.recv(),
+            Ok(Err(PipelineError::Panicked(message))) if message == "in a worker"
+        ));
     }
 }

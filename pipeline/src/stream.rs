@@ -22,7 +22,7 @@ use crate::bad_input::{BadInput, BadInputPolicy, BadInputStats, Reason};
 use crate::batch::Batch;
 use crate::example::Example;
 use crate::format::Formatter;
-use crate::image::{ImageError, ImageProcessor};
+use crate::image::{ImageError, ImageProcessor, SquareImage};
 use crate::pack::{PackConfig, Packer};
 use crate::schedule::Schedule;
 use crate::source::{
@@ -352,9 +352,6 @@ fn send_failure(tx: &Sender, work: impl FnOnce() -> Result<(), PipelineError>) {
 
 /// The CPU stage for a window, on the pool: decode, resize, tokenize, format, in draw order.
 fn process(config: &StreamConfig, drawn: &[Drawn]) -> Vec<Result<Example, BadInput>> {
-    let tasks = &config.tasks;
-    let tokenizer = &config.tokenizer;
-    let resolution = config.pack.resolution;
     thread_local! {
         // One per worker for the stream's life: its buffers and decoder are made once, not at
         // each of the pieces rayon splits a window into.
@@ -363,39 +360,49 @@ fn process(config: &StreamConfig, drawn: &[Drawn]) -> Vec<Result<Example, BadInp
     drawn
         .par_iter()
         .map(|d| {
-            IMAGES.with_borrow_mut(|images| {
-                let record = d.item.as_ref().map_err(Clone::clone)?;
-                let prompt = tasks[d.task].visual_prompt.as_ref();
-                let mut pixels = Vec::with_capacity(record.images.len());
-                for image in &record.images {
-                    let at = record.location.with_column(&image.column);
-                    let bad = |e: ImageError| BadInput::new(e.reason(), at.clone(), e.to_string());
-                    let square = match prompt {
-                        None => images
-                            .square(&image.bytes, resolution as u32)
-                            .map_err(bad)?,
-                        Some(prompt) => {
-                            let mut rgb = images
-                                .decode_rgb(&image.bytes, Some(resolution as u32))
-                                .map_err(bad)?;
-                            prompt.draw(&mut rgb, &record.fields).map_err(|e| {
-                                let at = record.location.with_column(&prompt.field);
-                                BadInput::new(Reason::BadTemplateValue, at, e)
-                            })?;
-                            images.resize(&rgb, resolution as u32).map_err(bad)?
-                        }
-                    };
-                    pixels.push(square);
-                }
-                tasks[d.task].formatter.format(
-                    &record.fields,
-                    pixels,
-                    record.location.clone(),
-                    tokenizer,
-                )
-            })
+            let record = d.item.as_ref().map_err(Clone::clone)?;
+            let task = &config.tasks[d.task];
+            let resolution = config.pack.resolution as u32;
+            let pixels = IMAGES.with_borrow_mut(|images| {
+                squares(images, record, task.visual_prompt.as_ref(), resolution)
+            })?;
+            task.formatter.format(
+                &record.fields,
+                pixels,
+                record.location.clone(),
+                &config.tokenizer,
+            )
         })
         .collect()
+}
+
+/// A record's images, decoded, marked with the task's visual prompt if it has one, and resized.
+fn squares(
+    images: &mut ImageProcessor,
+    record: &crate::Record,
+    prompt: Option<&VisualPrompt>,
+    resolution: u32,
+) -> Result<Vec<SquareImage>, BadInput> {
+    let mut squares = Vec::with_capacity(record.images.len());
+    for image in &record.images {
+        let at = record.location.with_column(&image.column);
+        let bad = |e: ImageError| BadInput::new(e.reason(), at.clone(), e.to_string());
+        let square = match prompt {
+            None => images.square(&image.bytes, resolution).map_err(bad)?,
+            Some(prompt) => {
+                let mut rgb = images
+                    .decode_rgb(&image.bytes, Some(resolution))
+                    .map_err(bad)?;
+                prompt.draw(&mut rgb, &record.fields).map_err(|e| {
+                    let at = record.location.with_column(&prompt.field);
+                    BadInput::new(Reason::BadTemplateValue, at, e)
+                })?;
+                images.resize(&rgb, resolution).map_err(bad)?
+            }
+        };
+        squares.push(square);
+    }
+    Ok(squares)
 }
 
 /// Packs processed windows in order and sends the batches, each with the state that resumes

@@ -64,4 +64,14 @@ fn reports_whole_run_first_batch_and_steady_rates() {
         "{report}"
     );
     assert!(number("peak_rss_mib") > 0.0, "{report}");
+    // The run's CPU time, per example and per second of the run.
+    let cpu_ms = number("cpu_ms_per_example");
+    assert!(cpu_ms > 0.0, "{report}");
+    let busy = number("cores_busy");
+    assert!(
+        (busy - cpu_ms * 100.0 / 1e3 / seconds).abs() < 1e-6 * busy,
+        "{report}"
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    assert!(0.0 < busy && busy <= 1.1 * cores + 0.1, "{report}");
 }

@@ -23,6 +23,21 @@ pub fn peak_rss_mib() -> f64 {
     kib / 1024.0
 }
 
+/// CPU time (user and system, every thread) the process has used so far, in seconds; 0 where
+/// the system does not say. Read before and after a run, it gives the run's CPU cost, which on
+/// a shared machine moves far less than its wall time.
+pub fn process_cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given, and returns 0 when it did.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
+        return 0.0;
+    }
+    // SAFETY: filled above (and all-zero was already a valid rusage).
+    let usage = unsafe { usage.assume_init() };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 pub struct DecodeOnly {
     pub images: usize,
     pub images_per_s: f64,

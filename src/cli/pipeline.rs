@@ -214,6 +214,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let options = args.data.options(tokenizer);
     let bar = super::progress::bar(args.examples, "examples");
     let started = Instant::now();
+    let cpu_before = pipeline::bench::process_cpu_seconds();
     let mut stream = stage_stream(&mixture, stage, &options, StreamState::default())?;
     let (mut batches, mut examples, mut tokens, mut images) = (0u64, 0u64, 0u64, 0u64);
     let mut wait = std::time::Duration::ZERO;
@@ -233,6 +234,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         first_batch.get_or_insert_with(|| (started.elapsed().as_secs_f64(), examples));
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = pipeline::bench::process_cpu_seconds() - cpu_before;
     let steady = match first_batch {
         Some((first_s, first_examples)) if batches > 1 => {
             Some((examples - first_examples) as f64 / (seconds - first_s))
@@ -252,6 +254,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "first_batch_s": first_batch.map(|(s, _)| s),
         "steady_examples_per_s": steady,
         "tokens_per_s": tokens as f64 / seconds,
+        // CPU spent per example (every thread): steadier than the rates on a shared machine.
+        "cpu_ms_per_example": 1e3 * cpu_seconds / examples.max(1) as f64,
+        "cores_busy": cpu_seconds / seconds,
         "peak_rss_mib": peak_rss_mib,
         "decode_only_examples_per_s": decode.images_per_s,
         "decode_only_images": decode.images,

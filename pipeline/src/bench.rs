@@ -24,8 +24,8 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 /// CPU time (user and system, every thread) the process has used so far, in seconds; 0 where
-/// the system does not say. Read before and after a run, it gives the run's CPU cost, which on
-/// a shared machine moves far less than its wall time.
+/// the system does not say. Read before and after a run, it gives the run's CPU cost: what a
+/// change to the work moves, where the wall time also counts cores left idle.
 pub fn process_cpu_seconds() -> f64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage fills the struct it is given, and returns 0 when it did.

@@ -254,7 +254,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "first_batch_s": first_batch.map(|(s, _)| s),
         "steady_examples_per_s": steady,
         "tokens_per_s": tokens as f64 / seconds,
-        // CPU spent per example (every thread): steadier than the rates on a shared machine.
+        // CPU spent per example (every thread), and how much of the machine the run kept busy.
         "cpu_ms_per_example": 1e3 * cpu_seconds / examples.max(1) as f64,
         "cores_busy": cpu_seconds / seconds,
         "peak_rss_mib": peak_rss_mib,

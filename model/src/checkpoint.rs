@@ -502,10 +502,15 @@ pub fn save_params(params: &impl Params, path: &Path) -> Result<()> {
     write_safetensors(path, &entries, |i| named[i].1.to_vec())
 }
 
-/// The values of tensor `name` of `st`, which must have exactly `shape`.
-pub(crate) fn read_exact(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+/// The values of tensor `name` of `st` (read from `path`), which must have exactly `shape`.
+pub(crate) fn read_exact(
+    st: &SafeTensors,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>> {
     let view = st.tensor(name).map_err(|_| ModelError::MissingTensor {
-        name: name.to_string(),
+        name: format!("{name} (in {})", path.display()),
     })?;
     if view.shape() != shape {
         return Err(ModelError::ShapeMismatch {
@@ -527,7 +532,7 @@ pub fn load_params(params: &mut impl Params, path: &Path) -> Result<()> {
     let mut result = Ok(());
     params.visit_mut("", &mut |name, mut p| {
         if result.is_ok() {
-            result = read_exact(&st, name, &p.shape()).map(|v| p.copy_from(&v));
+            result = read_exact(&st, path, name, &p.shape()).map(|v| p.copy_from(&v));
         }
     });
     result
@@ -536,6 +541,18 @@ pub fn load_params(params: &mut impl Params, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_params_file_without_a_tensor_names_the_tensor_and_the_file() {
+        let dev = crate::Dev::default();
+        let cfg = crate::PaliGemmaConfig::tiny();
+        let mut model = crate::PaliGemma::new(&cfg, &dev, 0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vision.safetensors");
+        save_params(&model.vision_tower, &path).unwrap();
+        let e = load_params(&mut model, &path).unwrap_err().to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+    }
 
     #[test]
     fn grid_resize_is_identity_at_the_same_size_and_interpolates_when_growing() {

@@ -208,7 +208,7 @@ impl AdamW {
                 return;
             }
             let shape = p.shape();
-            let read = |key: String| crate::checkpoint::read_exact(&st, &key, &shape);
+            let read = |key: String| crate::checkpoint::read_exact(&st, path, &key, &shape);
             result = (|| {
                 let (a, b) = (read(format!("m1.{name}"))?, read(format!("m2.{name}"))?);
                 match p {

@@ -252,6 +252,7 @@ pub fn layer_norm<T: Tape<f32, Dev>>(x: Matrix<T>, w: &Vector, b: &Vector, eps: 
 #[cfg(not(feature = "cuda"))]
 mod cpu {
     use super::*;
+    use std::mem::MaybeUninit;
 
     /// Rows per rayon task: enough work to amortise scheduling.
     fn rows_per_task(cols: usize) -> usize {
@@ -259,8 +260,45 @@ mod cpu {
     }
 
     fn host<S: Shape, T>(t: &Tensor<S, f32, Dev, T>) -> Vec<f32> {
-        let mut v = vec![0.0; t.shape().num_elements()];
+        let mut v = zeros(t.shape().num_elements());
         t.copy_into(&mut v);
+        v
+    }
+
+    /// Values per rayon task when zeroing or copying a buffer.
+    pub(super) const FILL_CHUNK: usize = 1 << 15;
+
+    /// A zeroed buffer, zeroed by the pool: on the calling thread, zeroing a step's outputs
+    /// (and taking their fresh pages' faults) left the other cores idle meanwhile.
+    pub(super) fn zeros(n: usize) -> Vec<f32> {
+        if n <= FILL_CHUNK {
+            return vec![0.0; n];
+        }
+        let mut v = Vec::with_capacity(n);
+        v.spare_capacity_mut()[..n]
+            .par_chunks_mut(FILL_CHUNK)
+            .for_each(|c| c.fill(MaybeUninit::new(0.0)));
+        // SAFETY: the loop above wrote all `n` values.
+        unsafe { v.set_len(n) };
+        v
+    }
+
+    /// `src.to_vec()`, copied by the pool (see [`zeros`]).
+    pub(super) fn copied(src: &[f32]) -> Vec<f32> {
+        if src.len() <= FILL_CHUNK {
+            return src.to_vec();
+        }
+        let mut v = Vec::with_capacity(src.len());
+        v.spare_capacity_mut()[..src.len()]
+            .par_chunks_mut(FILL_CHUNK)
+            .zip(src.par_chunks(FILL_CHUNK))
+            .for_each(|(out, src)| {
+                for (o, s) in out.iter_mut().zip(src) {
+                    o.write(*s);
+                }
+            });
+        // SAFETY: the loop above wrote all `src.len()` values.
+        unsafe { v.set_len(src.len()) };
         v
     }
 
@@ -432,14 +470,14 @@ mod cpu {
         let (x, mut tape) = x.contiguous().split_tape();
         let s = *x.shape();
         let xv = host(&x);
-        let mut y = vec![0.0; xv.len()];
+        let mut y = zeros(xv.len());
         y.par_chunks_mut(16384)
             .zip(xv.par_chunks(16384))
             .for_each(|(y, x)| gelu_fwd(y, x));
         let (ghost, out) = output(x.device(), y, s, NoneTape);
         if T::OWNS_TAPE {
             tape.add_backward_op(move |grads| {
-                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
+                let go = copied(grads.get_or_alloc_mut(&ghost)?);
                 let gi = grads.get_or_alloc_mut(&x)?;
                 gi.par_chunks_mut(16384)
                     .zip(go.par_chunks(16384))
@@ -458,7 +496,7 @@ mod cpu {
         let s = *g.shape();
         assert_eq!(s, *u.shape(), "geglu shapes");
         let (gv, uv) = (host(&g), host(&u));
-        let mut y = vec![0.0; gv.len()];
+        let mut y = zeros(gv.len());
         y.par_chunks_mut(16384)
             .zip(gv.par_chunks(16384))
             .zip(uv.par_chunks(16384))
@@ -466,10 +504,10 @@ mod cpu {
         let (ghost, out) = output(g.device(), y, s, NoneTape);
         if T::OWNS_TAPE {
             tape.add_backward_op(move |grads| {
-                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
+                let go = copied(grads.get_or_alloc_mut(&ghost)?);
                 let n = go.len();
-                let mut dg = vec![0.0; n];
-                let mut du = vec![0.0; n];
+                let mut dg = zeros(n);
+                let mut du = zeros(n);
                 dg.par_chunks_mut(16384)
                     .zip(du.par_chunks_mut(16384))
                     .zip(
@@ -501,7 +539,7 @@ mod cpu {
             assert_eq!(*m.shape(), (b, q, k), "mask shape");
             host(&m.clone().contiguous())
         });
-        let mut p = vec![0.0; xv.len()];
+        let mut p = zeros(xv.len());
         let per = rows_per_task(k);
         p.par_chunks_mut(per * k).enumerate().for_each(|(c, pc)| {
             for (i, prow) in pc.chunks_mut(k).enumerate() {
@@ -518,7 +556,7 @@ mod cpu {
         let ghost = out.clone();
         if T::OWNS_TAPE {
             tape.add_backward_op(move |grads| {
-                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
+                let go = copied(grads.get_or_alloc_mut(&ghost)?);
                 let pv = host(&ghost);
                 let gi = grads.get_or_alloc_mut(&x)?;
                 gi.par_chunks_mut(per * k).enumerate().for_each(|(c, gc)| {
@@ -704,8 +742,8 @@ mod cpu {
             assert_eq!(*m.shape(), (b, lq, lk), "mask shape");
             host(&m.clone().contiguous())
         });
-        let mut probs = vec![0.0f32; b * nh * lq * lk];
-        let mut out = vec![0.0f32; b * lq * qw];
+        let mut probs = zeros(b * nh * lq * lk);
+        let mut out = zeros(b * lq * qw);
         let (pp, op) = (Shared(probs.as_mut_ptr()), Shared(out.as_mut_ptr()));
         (0..b * nh).into_par_iter().for_each(|task| {
             let (bi, hh) = (task / nh, task % nh);
@@ -755,10 +793,10 @@ mod cpu {
         let (ghost, result) = output(q.device(), out, (b * lq, qw), NoneTape);
         if T::OWNS_TAPE {
             tape.add_backward_op(move |grads| {
-                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
-                let mut dq = vec![0.0f32; qv.len()];
-                let mut dk = vec![0.0f32; kv.len()];
-                let mut dv = vec![0.0f32; vv.len()];
+                let go = copied(grads.get_or_alloc_mut(&ghost)?);
+                let mut dq = zeros(qv.len());
+                let mut dk = zeros(kv.len());
+                let mut dv = zeros(vv.len());
                 let (dqp, dkp, dvp) = (
                     Shared(dq.as_mut_ptr()),
                     Shared(dk.as_mut_ptr()),
@@ -869,7 +907,7 @@ mod cpu {
         let s = *a.shape();
         assert_eq!(s, *b.shape(), "add shapes");
         let (av, bv) = (host(&a), host(&b));
-        let mut y = vec![0.0; av.len()];
+        let mut y = zeros(av.len());
         y.par_chunks_mut(16384)
             .zip(av.par_chunks(16384))
             .zip(bv.par_chunks(16384))
@@ -878,7 +916,7 @@ mod cpu {
         let (ghost, out) = output(a.device(), y, s, NoneTape);
         if T::OWNS_TAPE {
             tape.add_backward_op(move |grads| {
-                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
+                let go = copied(grads.get_or_alloc_mut(&ghost)?);
                 for t in [&a, &b] {
                     let gi = grads.get_or_alloc_mut(t)?;
                     gi.par_chunks_mut(16384)
@@ -910,7 +948,7 @@ mod cpu {
         let xv = host(&x);
         let bv = host(b);
         let per = rows_per_task(d);
-        let mut y = vec![0.0; xv.len()];
+        let mut y = zeros(xv.len());
         y.par_chunks_mut(per * d)
             .zip(xv.par_chunks(per * d))
             .for_each(|(y, x)| add_bias_rows(y, x, &bv));
@@ -919,7 +957,7 @@ mod cpu {
         if T::OWNS_TAPE {
             let b = b.clone();
             tape.add_backward_op(move |grads| {
-                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
+                let go = copied(grads.get_or_alloc_mut(&ghost)?);
                 let db = go
                     .par_chunks(per * d)
                     .map(|g| {
@@ -975,7 +1013,7 @@ mod cpu {
         let (cv, sv) = (host(cos), host(sin));
         let xv = host(&x);
         let per = rows_per_task(width);
-        let mut y = vec![0.0; xv.len()];
+        let mut y = zeros(xv.len());
         let apply = move |y: &mut [f32], x: &[f32], cv: &[f32], sv: &[f32], sign: f32| {
             y.par_chunks_mut(per * width)
                 .zip(x.par_chunks(per * width))
@@ -998,8 +1036,8 @@ mod cpu {
         let (ghost, out) = output(x.device(), y, s, NoneTape);
         if T::OWNS_TAPE {
             tape.add_backward_op(move |grads| {
-                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
-                let mut gx = vec![0.0; go.len()];
+                let go = copied(grads.get_or_alloc_mut(&ghost)?);
+                let mut gx = zeros(go.len());
                 apply(&mut gx, &go, &cv, &sv, -1.0);
                 let gi = grads.get_or_alloc_mut(&x)?;
                 gi.iter_mut().zip(&gx).for_each(|(a, g)| *a += g);
@@ -1017,7 +1055,7 @@ mod cpu {
         let gain: Vec<f32> = host(w).iter().map(|w| 1.0 + w).collect();
         let per = rows_per_task(d);
         let mut inv = vec![0.0f32; s.0];
-        let mut y = vec![0.0; xv.len()];
+        let mut y = zeros(xv.len());
         y.par_chunks_mut(per * d)
             .zip(inv.par_chunks_mut(per))
             .zip(xv.par_chunks(per * d))
@@ -1034,7 +1072,7 @@ mod cpu {
         if T::OWNS_TAPE {
             let w = w.clone();
             tape.add_backward_op(move |grads| {
-                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
+                let go = copied(grads.get_or_alloc_mut(&ghost)?);
                 // dw_j = sum_rows g_j x_j r
                 let dw = go
                     .par_chunks(per * d)
@@ -1088,7 +1126,7 @@ mod cpu {
         let (wv, bv) = (host(w), host(b));
         let per = rows_per_task(d);
         // normalised input (kept for backward) and 1/std per row
-        let mut xhat = vec![0.0; xv.len()];
+        let mut xhat = zeros(xv.len());
         let mut inv = vec![0.0f32; s.0];
         xhat.par_chunks_mut(per * d)
             .zip(inv.par_chunks_mut(per))
@@ -1104,7 +1142,7 @@ mod cpu {
                 }
             });
         drop(xv);
-        let mut y = vec![0.0; xhat.len()];
+        let mut y = zeros(xhat.len());
         y.par_chunks_mut(per * d)
             .zip(xhat.par_chunks(per * d))
             .for_each(|(y, xh)| {
@@ -1118,7 +1156,7 @@ mod cpu {
         if T::OWNS_TAPE {
             let (w, b) = (w.clone(), b.clone());
             tape.add_backward_op(move |grads| {
-                let go = grads.get_or_alloc_mut(&ghost)?.to_vec();
+                let go = copied(grads.get_or_alloc_mut(&ghost)?);
                 let (dw, db): (Vec<Vec<f32>>, Vec<Vec<f32>>) = go
                     .par_chunks(per * d)
                     .zip(xhat.par_chunks(per * d))
@@ -1298,6 +1336,33 @@ mod tests {
                     .reshape_like(&(bb * h * q, k))
             });
         }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn buffers_the_pool_fills_are_whole() {
+        let n = 3 * cpu::FILL_CHUNK + 5;
+        assert_eq!(cpu::zeros(n), vec![0.0; n]);
+        let src = values(n, 0.3, 2.0);
+        assert_eq!(cpu::copied(&src), src);
+    }
+
+    /// Big enough that outputs and gradient copies take the pool's path (`cpu::FILL_CHUNK`).
+    #[test]
+    fn fused_ops_match_plain_ops_on_large_inputs() {
+        let dev = Dev::default();
+        let (n, d) = (520, 72);
+        let x = dev.tensor_from_vec(values(n * d, 0.31, 4.0), (n, d));
+        let w = dev.tensor_from_vec(values(d, 1.7, 0.5), (d,));
+        let b = dev.tensor_from_vec(values(d, 2.3, 0.5), (d,));
+        check("gelu", &x, &[], &|x| gelu(x));
+        check("layer_norm", &x, &[&w, &b], &|x| {
+            layer_norm(x, &w, &b, 1e-6)
+        });
+        let u = dev.tensor_from_vec(values(n * d, 0.13, 2.0), (n, d));
+        check("geglu", &x, &[], &|x| {
+            geglu(x.retaped::<TrainTape>() * 0.7, x * u.clone())
+        });
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -1251,14 +1251,21 @@ mod tests {
         }
     }
 
+    /// An `[n, d]` input and two `[d]` parameters (a weight, a bias).
+    fn inputs(dev: &Dev, n: usize, d: usize) -> (Matrix, Vector, Vector) {
+        (
+            dev.tensor_from_vec(values(n * d, 0.31, 4.0), (n, d)),
+            dev.tensor_from_vec(values(d, 1.7, 0.5), (d,)),
+            dev.tensor_from_vec(values(d, 2.3, 0.5), (d,)),
+        )
+    }
+
     #[test]
     fn fused_ops_match_plain_ops() {
         assert!(fused_enabled());
         let dev = Dev::default();
         let (n, d) = (37, 24);
-        let x = dev.tensor_from_vec(values(n * d, 0.31, 4.0), (n, d));
-        let w = dev.tensor_from_vec(values(d, 1.7, 0.5), (d,));
-        let b = dev.tensor_from_vec(values(d, 2.3, 0.5), (d,));
+        let (x, w, b) = inputs(&dev, n, d);
         check("gelu", &x, &[], &|x| gelu(x));
         check("rms_norm", &x, &[&w], &|x| rms_norm(x, &w, 1e-6));
         check("layer_norm", &x, &[&w, &b], &|x| {
@@ -1352,9 +1359,7 @@ mod tests {
     fn fused_ops_match_plain_ops_on_large_inputs() {
         let dev = Dev::default();
         let (n, d) = (520, 72);
-        let x = dev.tensor_from_vec(values(n * d, 0.31, 4.0), (n, d));
-        let w = dev.tensor_from_vec(values(d, 1.7, 0.5), (d,));
-        let b = dev.tensor_from_vec(values(d, 2.3, 0.5), (d,));
+        let (x, w, b) = inputs(&dev, n, d);
         check("gelu", &x, &[], &|x| gelu(x));
         check("layer_norm", &x, &[&w, &b], &|x| {
             layer_norm(x, &w, &b, 1e-6)

@@ -108,11 +108,7 @@ pub fn synthetic_batch(
 
 /// CPU time of this process (user + system, all threads), in milliseconds.
 fn cpu_ms() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct we pass.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let t = |v: libc::timeval| v.tv_sec as f64 * 1e3 + v.tv_usec as f64 / 1e3;
-    t(u.ru_utime) + t(u.ru_stime)
+    1e3 * pipeline::bench::process_cpu_seconds()
 }
 
 /// FLOPs of forward + backward (3x forward) for one batch: 2 per weight per token in each

@@ -258,6 +258,7 @@ pub(crate) fn load_planned(model: &mut PaliGemma, path: &Path, plan: &LoadPlan) 
                 }
                 return Err(ModelError::MissingTensor {
                     name: name.to_string(),
+                    path: path.to_owned(),
                 });
             };
             let view = parsed[*fi]
@@ -510,7 +511,8 @@ pub(crate) fn read_exact(
     shape: &[usize],
 ) -> Result<Vec<f32>> {
     let view = st.tensor(name).map_err(|_| ModelError::MissingTensor {
-        name: format!("{name} (in {})", path.display()),
+        name: name.to_string(),
+        path: path.to_owned(),
     })?;
     if view.shape() != shape {
         return Err(ModelError::ShapeMismatch {

@@ -18,8 +18,8 @@ pub enum ModelError {
     },
     #[error("{path}: invalid safetensors file: {message}")]
     Safetensors { path: PathBuf, message: String },
-    #[error("checkpoint is missing tensor `{name}`")]
-    MissingTensor { name: String },
+    #[error("checkpoint is missing tensor `{name}` (in {path})")]
+    MissingTensor { name: String, path: PathBuf },
     #[error("checkpoint has unexpected tensor `{name}` (in {path})")]
     UnexpectedTensor { name: String, path: PathBuf },
     #[error("tensor `{name}` has shape {found:?}, the model expects {expected:?}")]

@@ -100,7 +100,7 @@ fn missing_extra_and_misshapen_tensors_are_named() {
         .collect();
     let e = load_edited(t).unwrap_err();
     assert!(
-        matches!(&e, ModelError::MissingTensor { name: n } if n == name),
+        matches!(&e, ModelError::MissingTensor { name: n, .. } if n == name),
         "{e}"
     );
     assert!(e.to_string().contains(name));

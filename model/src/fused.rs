@@ -274,13 +274,8 @@ mod cpu {
         if n <= FILL_CHUNK {
             return vec![0.0; n];
         }
-        let mut v = Vec::with_capacity(n);
-        v.spare_capacity_mut()[..n]
-            .par_chunks_mut(FILL_CHUNK)
-            .for_each(|c| c.fill(MaybeUninit::new(0.0)));
-        // SAFETY: the loop above wrote all `n` values.
-        unsafe { v.set_len(n) };
-        v
+        // SAFETY: each chunk is filled whole.
+        unsafe { filled_by_pool(n, |_, out| out.fill(MaybeUninit::new(0.0))) }
     }
 
     /// `src.to_vec()`, copied by the pool (see [`zeros`]).
@@ -288,17 +283,31 @@ mod cpu {
         if src.len() <= FILL_CHUNK {
             return src.to_vec();
         }
-        let mut v = Vec::with_capacity(src.len());
-        v.spare_capacity_mut()[..src.len()]
-            .par_chunks_mut(FILL_CHUNK)
-            .zip(src.par_chunks(FILL_CHUNK))
-            .for_each(|(out, src)| {
-                for (o, s) in out.iter_mut().zip(src) {
-                    o.write(*s);
-                }
+        let fill = |i: usize, out: &mut [MaybeUninit<f32>]| {
+            let from = &src[i * FILL_CHUNK..][..out.len()];
+            out.iter_mut().zip(from).for_each(|(o, s)| {
+                o.write(*s);
             });
-        // SAFETY: the loop above wrote all `src.len()` values.
-        unsafe { v.set_len(src.len()) };
+        };
+        // SAFETY: each chunk gets as many values from `src` as it holds.
+        unsafe { filled_by_pool(src.len(), fill) }
+    }
+
+    /// `n` values written chunk by chunk on the pool by `fill(i, chunk)`.
+    ///
+    /// # Safety
+    /// `fill` must write every value of chunk `i` (`FILL_CHUNK` values, fewer for the last).
+    unsafe fn filled_by_pool(
+        n: usize,
+        fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+    ) -> Vec<f32> {
+        let mut v = Vec::with_capacity(n);
+        v.spare_capacity_mut()[..n]
+            .par_chunks_mut(FILL_CHUNK)
+            .enumerate()
+            .for_each(|(i, chunk)| fill(i, chunk));
+        // SAFETY: the caller's `fill` wrote every chunk of the first `n` values.
+        unsafe { v.set_len(n) };
         v
     }
 

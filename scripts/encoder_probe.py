@@ -1,18 +1,16 @@
 """Trains the `small` model's image encoder alone (SigLIP's shape: 192 wide, 4 layers, 14 px
-patches, 112 px) on the demo scenes, then writes it into a copy of a paliforge checkpoint, so that
-`paliforge train --init` starts the LLM from scratch on an encoder that already sees the scenes.
-An experiment, not a test (the tests need no Python): it measured how much of the quickstart's
-gap is the image encoder (README, "Where it stands"). paliforge now trains the encoder the
-`siglip` way itself, as a stage of a spec (`objective = "siglip"`, mixtures/specs/encoder_first.toml).
+patches, 112 px) on the demo scenes and writes it out: as a file of its own, which `paliforge
+train --image-encoder` (and the quickstart, model/pretrained/) starts a fresh model's vision
+tower from, or with `--into` written into a copy of a paliforge checkpoint folder. It measured
+how much of the quickstart's gap is the image encoder (README, "Where it stands"), and made the
+shipped encoder (model/pretrained/README.md). The tests need no Python.
 
     python3 -m venv /tmp/probe && /tmp/probe/bin/pip install torch pyarrow pillow safetensors
     paliforge demo-data --out demo
-    # first-stage.toml: mixtures/specs/quickstart.toml with only its first stage; one-step.toml:
-    # the same with `budget = { examples = 16 }`, for a fresh model to take the rest from
-    paliforge train one-step.toml --out fresh --checkpoint-every 0
-    /tmp/probe/bin/python scripts/encoder_probe.py demo/scenes fresh/checkpoints/step-00000001 \
-        init --objective objects --steps 1500
-    paliforge train first-stage.toml --init init --out run
+    /tmp/probe/bin/python scripts/encoder_probe.py demo/scenes encoder.safetensors \
+        --objective objects --steps 1500
+    # first-stage.toml: mixtures/specs/quickstart.toml with only its first stage
+    paliforge train first-stage.toml --image-encoder encoder.safetensors --out run
 
 Objectives: `objects` (the shape and colour of the first, second and third object from the
 left, 12 classes each, from the caption), `shapes` (their shapes only), `siglip` (SigLIP's
@@ -36,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.numpy import load_file, save_file
+from safetensors.torch import save_file as save_torch
 
 SHAPES = ["circle", "square", "triangle"]
 COLOURS = ["red", "green", "blue", "yellow"]
@@ -203,8 +202,11 @@ class CaptionTower(nn.Module):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scenes", help="demo/scenes: train-*.parquet and test-*.parquet")
-    parser.add_argument("init", help="a paliforge checkpoint folder to take everything else from")
-    parser.add_argument("out", help="where to write the checkpoint with the trained encoder")
+    parser.add_argument("out", help="the encoder's safetensors file, or with --into a checkpoint folder")
+    parser.add_argument(
+        "--into", metavar="CHECKPOINT",
+        help="write a copy of this paliforge checkpoint folder with the trained encoder in it",
+    )
     parser.add_argument("--objective", choices=["objects", "shapes", "siglip"], default="objects")
     parser.add_argument(
         "--head", choices=["all", "thirds"], default="all",
@@ -217,6 +219,9 @@ def main():
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument(
+        "--decay", action="store_true", help="cosine decay of the rate to zero after warm-up"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -251,6 +256,8 @@ def main():
             loss, _ = head.loss(tokens, train_y[rows])
         for group in optimiser.param_groups:
             group["lr"] = args.lr * min(1.0, step / 50)
+            if args.decay and step > 50:
+                group["lr"] *= 0.5 * (1 + math.cos(math.pi * (step - 50) / (args.steps - 50)))
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -265,14 +272,20 @@ def main():
             print(f"{report} ({time.time() - start:.0f} s)", flush=True)
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "tokenizer.json"):
-        shutil.copy(Path(args.init) / name, out / name)
-    weights = load_file(Path(args.init) / "model.safetensors")
-    for name, value in encoder.hf_weights().items():
-        assert weights[name].shape == value.shape, name
-        weights[name] = value
-    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    if args.into is None:
+        # The encoder alone, in bf16 as Hugging Face ships SigLIP: `paliforge train
+        # --image-encoder` starts a fresh model's vision tower from it.
+        tensors = {k: torch.from_numpy(v).bfloat16() for k, v in encoder.hf_weights().items()}
+        save_torch(tensors, out, metadata={"format": "pt", "image_size": str(SIDE)})
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "tokenizer.json"):
+            shutil.copy(Path(args.into) / name, out / name)
+        weights = load_file(Path(args.into) / "model.safetensors")
+        for name, value in encoder.hf_weights().items():
+            assert weights[name].shape == value.shape, name
+            weights[name] = value
+        save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     print(f"wrote {out}")
 
 

@@ -47,7 +47,7 @@ fn valid_and_invalid_specs_against_their_data() {
     let broken = spec
         .replace("suffix = \"{caption}\"", "suffix = \"{captions}\"")
         .replace("weights = { vqa = 1 }", "weights = { vqa = 1, ocr = 1 }")
-        .replace("resolution = 112", "resolution = 100");
+        .replacen("resolution = 112", "resolution = 100", 1);
     std::fs::write(dir.path().join("bad.toml"), broken).unwrap();
     let (ok, text) = check(&dir.path().join("bad.toml"));
     assert!(!ok, "{text}");

@@ -141,7 +141,7 @@ fn the_quickstart_spec_runs_to_completion_and_is_evaluated() {
         .iter()
         .map(|s| s["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(stages, ["pretrain", "hires", "transfer-vqa"]);
+    assert_eq!(stages, ["pretrain", "reweight", "transfer-vqa"]);
 
     let started = std::time::Instant::now();
     let evaluation = loop {
@@ -454,6 +454,7 @@ fn a_run_writes_to_the_folder_it_is_given_and_no_other_run_shares_it() {
         base: Some(fx.root().to_path_buf()),
         start: StartRequest::Fresh {
             config: "tiny".into(),
+            image_encoder: None,
         },
         out: Some(out.to_path_buf()),
         ..RunRequest::default()
@@ -720,6 +721,7 @@ fn preparation_jobs_make_datasets_that_runs_train_on() {
             spec: Some(SpecInput::Text(spec)),
             start: StartRequest::Fresh {
                 config: "tiny".into(),
+                image_encoder: None,
             },
             ..RunRequest::default()
         })

@@ -119,6 +119,6 @@ fn shipped_quickstart_preview() {
     );
     assert_eq!(table.matches("\nstage ").count() + 1, 3);
     assert!(table.contains(
-        "stage 2 \"transfer-vqa\": 168px (144 image tokens), text 48, batch 16, 256 examples, lr 1e-5 cosine"
+        "stage 2 \"transfer-vqa\": 112px (64 image tokens), text 48, batch 16, 256 examples, lr 1e-5 cosine"
     ));
 }

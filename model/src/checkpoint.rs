@@ -229,6 +229,27 @@ pub fn load_weights(model: &mut PaliGemma, path: &Path) -> Result<()> {
     load_weights_with(model, path, false)
 }
 
+/// Overwrites the vision tower of `model` from the image encoder in `path` (file or folder): a
+/// SigLIP checkpoint (`vision_model.*`; its pooling head and text tower are skipped), a
+/// PaliGemma one (only its vision tower is read), or an encoder saved alone. A position
+/// embedding stored for another resolution is resampled to the model's grid; everything
+/// outside the vision tower keeps its values.
+pub fn load_image_encoder(model: &mut PaliGemma, path: &Path) -> Result<()> {
+    let plan = LoadPlan {
+        rename: &|n: &str| {
+            let n = match n.strip_prefix("vision_model.") {
+                Some(rest) => format!("vision_tower.{rest}"),
+                None => canonical_name(n)?,
+            };
+            (n.starts_with("vision_tower.") && !n.starts_with("vision_tower.head.")).then_some(n)
+        },
+        optional: &|n: &str| !n.starts_with("vision_tower."),
+        resize_position_embedding: true,
+        partial_embedding: false,
+    };
+    load_planned(model, path, &plan)
+}
+
 pub(crate) fn load_planned(model: &mut PaliGemma, path: &Path, plan: &LoadPlan) -> Result<()> {
     let files: Vec<Mapped> = weight_files(path)?
         .iter()

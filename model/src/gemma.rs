@@ -119,6 +119,33 @@ impl Gemma {
         }
     }
 
+    /// Gives the ordered tokens `ids` (`<loc0000>`.. `<loc1023>`: bin `i` of `ids.len()`)
+    /// embeddings that vary smoothly with their bin: sinusoids of the bin's position at
+    /// frequencies spread geometrically from half a cycle to 64 cycles across the range, with
+    /// the norm of a drawn row. The output layer is tied, so neighbouring bins start with near
+    /// logits, and what a fresh model learns about one bin carries to its neighbours instead of
+    /// each of 1,024 rare tokens being learnt alone.
+    pub fn init_ordinal_embeddings(&mut self, ids: &[u32]) {
+        let (d, n) = (self.cfg.hidden_size, ids.len());
+        let pairs = d / 2;
+        let mut table = self.embed_tokens.as_vec();
+        let norm_sq = table.iter().map(|x| x * x).sum::<f32>() / self.cfg.vocab_size as f32;
+        // Each (cos, sin) pair adds scale^2 to a row's squared norm.
+        let scale = (norm_sq / pairs as f32).sqrt();
+        for (bin, &id) in ids.iter().enumerate() {
+            let at = (bin as f64 + 0.5) / n as f64;
+            let row = &mut table[id as usize * d..(id as usize + 1) * d];
+            row.fill(0.0);
+            for k in 0..pairs {
+                let cycles = 0.5 * 128f64.powf(k as f64 / (pairs - 1).max(1) as f64);
+                let phase = std::f64::consts::TAU * cycles * at;
+                row[2 * k] = scale * phase.cos() as f32;
+                row[2 * k + 1] = scale * phase.sin() as f32;
+            }
+        }
+        self.embed_tokens.copy_from(&table);
+    }
+
     /// Token embeddings times sqrt(hidden): `[tokens, hidden]`. Ids outside the vocabulary
     /// (an image token id past it) look up row 0, as transformers does.
     pub fn embed<T: Tape<f32, Dev>>(&self, tokens: &[u32]) -> Matrix<T> {
@@ -250,5 +277,38 @@ impl Gemma {
     /// Logits from final hidden states: `h @ embed_tokens^T`, `[rows, vocab]`.
     pub fn lm_head<T: Tape<f32, Dev>>(&self, h: Matrix<T>) -> Matrix<T> {
         h.matmul(self.embed_tokens.retaped::<T>().permute::<_, Axes2<1, 0>>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{PaliGemma, PaliGemmaConfig};
+
+    #[test]
+    fn ordinal_embeddings_are_smooth_in_their_bin_and_leave_other_rows() {
+        let mut cfg = PaliGemmaConfig::tiny();
+        cfg.text.vocab_size = 1100;
+        let mut model = PaliGemma::new(&cfg, &crate::device(), 0).unwrap();
+        let gemma = &mut model.language_model;
+        let before = gemma.embed_tokens.as_vec();
+        // PaliGemma's 1,024 location bins
+        let ids: Vec<u32> = (50..1074).collect();
+        gemma.init_ordinal_embeddings(&ids);
+        let after = gemma.embed_tokens.as_vec();
+        let d = cfg.text.hidden_size;
+        let row = |t: &[f32], id: u32| t[id as usize * d..(id as usize + 1) * d].to_vec();
+        for id in (0..50).chain(1074..cfg.text.vocab_size as u32) {
+            assert_eq!(row(&after, id), row(&before, id), "row {id}");
+        }
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let norm = |id| dot(&row(&after, id), &row(&after, id)).sqrt();
+        let cos = |a, b| dot(&row(&after, a), &row(&after, b)) / (norm(a) * norm(b));
+        let mean_norm_sq = dot(&before, &before) / cfg.text.vocab_size as f32;
+        assert!((norm(500).powi(2) / mean_norm_sq - 1.0).abs() < 1e-4);
+        // near bins alike, far bins not, and likeness falls with distance
+        assert!(cos(500, 501) > 0.9, "{}", cos(500, 501));
+        assert!(cos(500, 501) > cos(500, 520));
+        assert!(cos(500, 520) > cos(500, 600));
+        assert!(cos(500, 900).abs() < 0.3, "{}", cos(500, 900));
     }
 }

@@ -13,7 +13,7 @@ use rand_distr::{Distribution, Normal};
 use serde_json::{Value, json};
 
 use crate::Dev;
-use crate::checkpoint::{LoadPlan, load_planned};
+use crate::checkpoint::{LoadPlan, load_image_encoder, load_planned};
 use crate::config::{Connector, PaliGemmaConfig};
 use crate::error::{ModelError, Result};
 use crate::layers::{ParamMut, Params};
@@ -84,7 +84,6 @@ pub fn assemble(
     let sc = read_json(&siglip_dir.join("config.json"))?;
     let mut vc = sc.get("vision_config").cloned().unwrap_or(sc.clone());
     vc["vision_use_head"] = json!(false);
-    let stored_size = vc.get("image_size").and_then(Value::as_u64).unwrap_or(224) as usize;
     if let Some(size) = opts.image_size {
         vc["image_size"] = json!(size);
     }
@@ -118,16 +117,7 @@ pub fn assemble(
     let cfg = PaliGemmaConfig::from_hf_json(&pg)?;
     let mut model = PaliGemma::new(&cfg, dev, opts.seed)?;
 
-    let vision = LoadPlan {
-        rename: &|n: &str| {
-            let rest = n.strip_prefix("vision_model.")?;
-            (!rest.starts_with("head.")).then(|| format!("vision_tower.{rest}"))
-        },
-        optional: &|n: &str| !n.starts_with("vision_tower."),
-        resize_position_embedding: cfg.vision.image_size != stored_size,
-        partial_embedding: false,
-    };
-    load_planned(&mut model, siglip_dir, &vision)?;
+    load_image_encoder(&mut model, siglip_dir)?;
     let text = LoadPlan {
         rename: &|n: &str| {
             if n == "lm_head.weight" {

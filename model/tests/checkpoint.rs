@@ -73,8 +73,8 @@ fn fixture_tensors() -> Vec<(String, Vec<usize>, Vec<u8>)> {
         .collect()
 }
 
-fn load_edited(tensors: Vec<(String, Vec<usize>, Vec<u8>)>) -> Result<PaliGemma, ModelError> {
-    let dir = tempfile::tempdir().unwrap();
+/// Writes f32 tensors as one safetensors file.
+fn write_f32(tensors: &[(String, Vec<usize>, Vec<u8>)], path: &std::path::Path) {
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(n, s, d)| {
@@ -85,8 +85,13 @@ fn load_edited(tensors: Vec<(String, Vec<usize>, Vec<u8>)>) -> Result<PaliGemma,
             )
         })
         .collect();
+    safetensors::serialize_to_file(views, &None::<HashMap<String, String>>, path).unwrap();
+}
+
+fn load_edited(tensors: Vec<(String, Vec<usize>, Vec<u8>)>) -> Result<PaliGemma, ModelError> {
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
-    safetensors::serialize_to_file(views, &None::<HashMap<String, String>>, &path).unwrap();
+    write_f32(&tensors, &path);
     let mut m = PaliGemma::new(&PaliGemmaConfig::tiny(), &model::device(), 0).unwrap();
     checkpoint::load_weights(&mut m, &path).map(|_| m)
 }
@@ -241,4 +246,83 @@ fn the_mlp_connector_saves_and_loads() {
     // a linear-connector model cannot silently load it
     let mut lin = PaliGemma::new(&PaliGemmaConfig::tiny(), &model::device(), 0).unwrap();
     assert!(checkpoint::load_weights(&mut lin, dir.path()).is_err());
+}
+
+/// Every parameter's values by name, for those whose name starts with `prefix`.
+fn values_under(m: &PaliGemma, prefix: &str) -> Vec<(String, Vec<f32>)> {
+    m.named_params()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with(prefix))
+        .map(|(n, p)| (n, p.to_vec()))
+        .collect()
+}
+
+#[test]
+fn an_image_encoder_loads_into_a_fresh_model_and_leaves_the_rest() {
+    let trained = tiny_model();
+    let dev = model::device();
+    let fresh = || PaliGemma::new(&PaliGemmaConfig::tiny(), &dev, 7).unwrap();
+    let untouched = values_under(&fresh(), "language_model.");
+
+    // from a whole PaliGemma checkpoint: only its vision tower is read
+    let mut m = fresh();
+    checkpoint::load_image_encoder(&mut m, &fixture_dir()).unwrap();
+    assert_eq!(
+        values_under(&m, "vision_tower."),
+        values_under(&trained, "vision_tower.")
+    );
+    assert_eq!(values_under(&m, "language_model."), untouched);
+
+    // from a SigLIP checkpoint's names (its pooling head skipped) stored for another grid
+    let siglip: Vec<_> = fixture_tensors()
+        .into_iter()
+        .filter_map(|(n, s, d)| {
+            let rest = n.strip_prefix("vision_tower.")?;
+            Some((format!("vision_model.{rest}"), s, d))
+        })
+        .chain([("vision_model.head.probe".to_string(), vec![1], vec![0; 4])])
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("siglip.safetensors");
+    write_f32(&siglip, &path);
+    let mut cfg = PaliGemmaConfig::tiny();
+    cfg.vision.image_size = 112;
+    let mut m = PaliGemma::new(&cfg, &dev, 7).unwrap();
+    checkpoint::load_image_encoder(&mut m, &path).unwrap();
+    assert_eq!(
+        m.vision_tower.embeddings.position_embedding.as_vec(),
+        checkpoint::resize_grid(
+            &trained.vision_tower.embeddings.position_embedding.as_vec(),
+            4,
+            8,
+            32
+        )
+    );
+
+    // a file without an image encoder is an error naming it and the first tensor it lacks
+    let text_only: Vec<_> = fixture_tensors()
+        .into_iter()
+        .filter(|(n, _, _)| n.starts_with("language_model."))
+        .collect();
+    write_f32(&text_only, &path);
+    let e = checkpoint::load_image_encoder(&mut fresh(), &path).unwrap_err();
+    assert!(
+        matches!(&e, ModelError::MissingTensor { name, path: p } if name.starts_with("vision_tower.") && p == &path),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_shipped_image_encoder_fits_the_small_preset_at_112_px() {
+    let mut cfg = PaliGemmaConfig::small();
+    cfg.vision.image_size = 112;
+    let mut m = PaliGemma::new(&cfg, &model::device(), 0).unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("pretrained/small-image-encoder.safetensors");
+    let random = values_under(&m, "vision_tower.");
+    checkpoint::load_image_encoder(&mut m, &path).unwrap();
+    // every tensor of the tower came from the file: none keeps its random values
+    for ((name, got), (_, was)) in values_under(&m, "vision_tower.").iter().zip(&random) {
+        assert_ne!(got, was, "{name}");
+    }
 }

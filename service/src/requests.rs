@@ -52,8 +52,13 @@ impl SpecInput {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum StartRequest {
-    /// A random model of a preset: `tiny`, `small`, `paligemma-3b-pt-224`, ...
-    Fresh { config: String },
+    /// A random model of a preset: `tiny`, `small`, `paligemma-3b-pt-224`, ...; its vision
+    /// tower from `image_encoder` (a checkpoint inside the data roots) if given.
+    Fresh {
+        config: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image_encoder: Option<PathBuf>,
+    },
     /// A Hugging Face PaliGemma folder inside the data roots.
     Init { dir: PathBuf },
     /// Another run's checkpoint: the newest, or the one at `step`.
@@ -68,6 +73,7 @@ impl Default for StartRequest {
     fn default() -> Self {
         StartRequest::Fresh {
             config: "small".into(),
+            image_encoder: None,
         }
     }
 }

@@ -700,6 +700,7 @@ mod tests {
                 spec: &spec,
                 start: &Start::Fresh {
                     config: "tiny".into(),
+                    image_encoder: None,
                 },
                 options: &TrainOptions::default(),
                 total_steps: 7,

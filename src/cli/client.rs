@@ -48,6 +48,10 @@ pub struct SubmitArgs {
     /// Model size of a fresh model (tiny, small, paligemma-3b-pt-224, ...).
     #[arg(long, default_value = "small")]
     config: String,
+    /// Start the fresh model's image encoder from this checkpoint (on the service's machine):
+    /// a SigLIP, a PaliGemma, or an encoder saved alone.
+    #[arg(long, conflicts_with_all = ["init", "from_run"])]
+    image_encoder: Option<PathBuf>,
     /// Start from this Hugging Face PaliGemma folder (on the service's machine).
     #[arg(long, conflicts_with = "from_run")]
     init: Option<PathBuf>,
@@ -122,6 +126,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         }
         (None, None) => StartRequest::Fresh {
             config: args.config.clone(),
+            image_encoder: args.image_encoder.clone(),
         },
     };
     let request = RunRequest {

@@ -18,6 +18,12 @@ use ::model::train::{RunSetup, Start, TrainConfig, latest_checkpoint, open_run, 
 /// The shipped quickstart spec, embedded so the binary needs nothing beside it.
 const SPEC: &str = include_str!("../../mixtures/specs/quickstart.toml");
 
+/// The `small` model's image encoder, pretrained on the demo's training scenes: PaliGemma's
+/// first stage starts from a pretrained SigLIP too (model/pretrained/README.md says how it was
+/// made).
+const SMALL_IMAGE_ENCODER: &[u8] =
+    include_bytes!("../../model/pretrained/small-image-encoder.safetensors");
+
 #[derive(Args)]
 pub struct QuickstartArgs {
     /// The folder for everything: demo data, the spec, and the run.
@@ -26,6 +32,10 @@ pub struct QuickstartArgs {
     /// Model size (`paliforge train --help` lists them).
     #[arg(long, default_value = "small")]
     config: String,
+    /// Start the `small` model's image encoder at random instead of from the shipped
+    /// pretrained one (other sizes always start at random).
+    #[arg(long)]
+    random_image_encoder: bool,
     /// Data pipeline workers; 0 uses every core.
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -54,8 +64,17 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         );
         Start::Resume
     } else {
+        let image_encoder = if args.config == "small" && !args.random_image_encoder {
+            let path = args.out.join("image-encoder.safetensors");
+            std::fs::write(&path, SMALL_IMAGE_ENCODER)
+                .with_context(|| format!("writing {}", path.display()))?;
+            Some(path)
+        } else {
+            None
+        };
         Start::Fresh {
             config: args.config.clone(),
+            image_encoder,
         }
     };
     ::model::tune_malloc();

@@ -32,6 +32,10 @@ pub struct TrainArgs {
     /// special tokens are taken from the tokenizer.
     #[arg(long, default_value = "small")]
     config: String,
+    /// Start the fresh model's image encoder from this checkpoint (a SigLIP, a PaliGemma, or
+    /// an encoder saved alone; file or folder) instead of at random.
+    #[arg(long, conflicts_with_all = ["init", "resume"])]
+    image_encoder: Option<PathBuf>,
     /// The tokenizer (default: tokenizer.json beside the spec or the data).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -62,6 +66,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         (Some(dir), false) => Start::Init { dir: dir.clone() },
         (None, false) => Start::Fresh {
             config: args.config.clone(),
+            image_encoder: args.image_encoder.clone(),
         },
     };
     let checkpoints = args.out.join("checkpoints");

@@ -117,6 +117,7 @@ max_new_tokens = 8
                 base: Some(self.root().to_path_buf()),
                 start: StartRequest::Fresh {
                     config: "tiny".into(),
+                    image_encoder: None,
                 },
                 options: TrainOptions {
                     task_loss_every: 2,

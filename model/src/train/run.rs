@@ -20,8 +20,14 @@ use crate::{Dev, PaliGemma, PaliGemmaConfig};
 #[serde(rename_all = "snake_case")]
 pub enum Start {
     /// A randomly initialised model of a preset (`tiny`, `small`, `paligemma-3b-pt-224`, ...)
-    /// with the tokenizer's vocabulary and special ids.
-    Fresh { config: String },
+    /// with the tokenizer's vocabulary and special ids; its vision tower taken from
+    /// `image_encoder` if given (a SigLIP, PaliGemma or encoder-only checkpoint), as
+    /// PaliGemma's first stage starts from a pretrained SigLIP.
+    Fresh {
+        config: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image_encoder: Option<PathBuf>,
+    },
     /// A Hugging Face PaliGemma folder (config.json and safetensors).
     Init { dir: PathBuf },
     /// The run folder's newest complete checkpoint: the run continues exactly.
@@ -87,10 +93,22 @@ pub fn open_run(setup: RunSetup, dev: &Dev) -> Result<Trainer> {
             )));
         }
         (_, Some(_)) => return Err(TrainError::RunExists { checkpoints }),
-        (Start::Fresh { config }, None) => {
+        (
+            Start::Fresh {
+                config,
+                image_encoder,
+            },
+            None,
+        ) => {
             let mut cfg = config_for_tokenizer(PaliGemmaConfig::preset(config)?, &tokenizer);
             cfg.vision.image_size = first_resolution(&mixture)?;
-            let model = PaliGemma::new(&cfg, dev, mixture.seed)?;
+            let mut model = PaliGemma::new(&cfg, dev, mixture.seed)?;
+            if let Some(loc) = tokenizer.loc_ids() {
+                model.language_model.init_ordinal_embeddings(loc);
+            }
+            if let Some(path) = image_encoder {
+                crate::checkpoint::load_image_encoder(&mut model, path)?;
+            }
             Trainer::new(mixture, model, options, train)?
         }
         (Start::Init { dir }, None) => {

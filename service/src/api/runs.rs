@@ -135,18 +135,31 @@ fn resolve_out(
     Ok(dir)
 }
 
+/// `path` inside the data roots (relative: to the service's base), or the request's problem at
+/// `key`.
+fn confine(service: &AppState, path: &std::path::Path, key: &str) -> Result<PathBuf> {
+    service
+        .roots
+        .confine(path, service.roots.base(), key)
+        .map_err(|p| ServiceError::invalid("the run request", vec![p]))
+}
+
 /// The model's [`Start`] for a request: folders confined to the data roots, another run's
 /// checkpoint found.
 fn resolve_start(service: &AppState, start: StartRequest) -> Result<Start> {
     match start {
-        StartRequest::Fresh { config } => Ok(Start::Fresh { config }),
-        StartRequest::Init { dir } => {
-            let dir = service
-                .roots
-                .confine(&dir, service.roots.base(), "start.init.dir")
-                .map_err(|p| ServiceError::invalid("the run request", vec![p]))?;
-            Ok(Start::Init { dir })
-        }
+        StartRequest::Fresh {
+            config,
+            image_encoder,
+        } => Ok(Start::Fresh {
+            config,
+            image_encoder: image_encoder
+                .map(|path| confine(service, &path, "start.fresh.image_encoder"))
+                .transpose()?,
+        }),
+        StartRequest::Init { dir } => Ok(Start::Init {
+            dir: confine(service, &dir, "start.init.dir")?,
+        }),
         StartRequest::Checkpoint { run, step } => {
             let source = service
                 .store

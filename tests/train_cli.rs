@@ -19,20 +19,26 @@ fn losses(run: &Path) -> Vec<(u64, String)> {
         .collect()
 }
 
-#[test]
-fn train_stops_resumes_and_matches_an_uninterrupted_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// The quickstart spec in `d`, beside the demo data it reads.
+fn quickstart_with_demo(d: &Path) -> std::path::PathBuf {
+    let spec = d.join("spec.toml");
     std::fs::copy(
         concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/mixtures/specs/quickstart.toml"
         ),
-        d.join("spec.toml"),
+        &spec,
     )
     .unwrap();
     paliforge(&["demo-data", "--out", d.join("demo").to_str().unwrap()]);
-    let spec = d.join("spec.toml");
+    spec
+}
+
+#[test]
+fn train_stops_resumes_and_matches_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = quickstart_with_demo(d);
     let (spec, whole, parts) = (spec.to_str().unwrap(), d.join("whole"), d.join("parts"));
     let common = [
         "--config",
@@ -123,16 +129,7 @@ fn train_stops_resumes_and_matches_an_uninterrupted_run() {
 fn a_fresh_run_takes_its_image_encoder_from_the_checkpoint_given() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let spec = d.join("spec.toml");
-    std::fs::copy(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/mixtures/specs/quickstart.toml"
-        ),
-        &spec,
-    )
-    .unwrap();
-    paliforge(&["demo-data", "--out", d.join("demo").to_str().unwrap()]);
+    let spec = quickstart_with_demo(d);
     // The oracle's tiny PaliGemma, trained at 56 px: its vision tower, resampled to 112 px.
     let encoder = Path::new(env!("CARGO_MANIFEST_DIR")).join("model/tests/fixtures/paligemma-tiny");
     let run = d.join("run");

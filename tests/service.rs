@@ -494,6 +494,28 @@ fn a_run_writes_to_the_folder_it_is_given_and_no_other_run_shares_it() {
             "{message}"
         );
     }
+    // A fresh model's image encoder is read from inside the data roots only.
+    let encoder_outside = RunRequest {
+        start: StartRequest::Fresh {
+            config: "tiny".into(),
+            image_encoder: Some("/etc/encoder.safetensors".into()),
+        },
+        ..request(&fx.root().join("elsewhere"))
+    };
+    match serve.client.submit(&encoder_outside) {
+        Err(ClientError::Api {
+            status: 422,
+            problems,
+            ..
+        }) => assert!(
+            problems[0]
+                .to_string()
+                .starts_with("start.fresh.image_encoder: ")
+                && problems[0].message.contains("outside the data roots"),
+            "{problems:?}"
+        ),
+        other => panic!("an encoder outside the roots was accepted: {other:?}"),
+    }
 
     serve.client.stop(long).unwrap();
     let done = serve.wait(queued.id, |r| r.status.is_settled());

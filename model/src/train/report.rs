@@ -15,6 +15,8 @@ use crate::eval::EvalReport;
 const WIDTH: f64 = 760.0;
 const HEIGHT: f64 = 260.0;
 const MARGIN: f64 = 44.0;
+/// Roughly the width of a character of the charts' 11 px labels, to keep labels apart.
+const LABEL_CHAR_WIDTH: f64 = 6.5;
 const COLOURS: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
 ];
@@ -189,16 +191,28 @@ fn chart(series: &[Series], events: &[TrainEvent], y_label: &str) -> String {
         label = escape(y_label),
     );
     let mut previous = None;
+    // Where the last stage label ends, and on which line it went.
+    let (mut label_end, mut line) = (f64::NEG_INFINITY, 0);
     for e in events {
         if previous.is_some_and(|s| s != e.stage) {
             let x = sx(e.step as f64 - 0.5);
+            // A label that would run into the previous one goes a line lower; one that would
+            // leave the chart on the right ends at its boundary instead of starting there.
+            let width = LABEL_CHAR_WIDTH * e.stage_name.chars().count() as f64;
+            let (tx, anchor) = if x + 3.0 + width > WIDTH {
+                (x - 3.0, "end")
+            } else {
+                (x + 3.0, "start")
+            };
+            let start = if anchor == "end" { tx - width } else { tx };
+            line = if start < label_end { line + 1 } else { 0 };
+            label_end = start + width;
             let _ = write!(
                 svg,
                 "<line x1=\"{x:.1}\" y1=\"{MARGIN}\" x2=\"{x:.1}\" y2=\"{b}\" stroke=\"#bbb\" stroke-dasharray=\"4 3\"/>\
-                 <text x=\"{tx:.1}\" y=\"{ty}\">{name}</text>",
+                 <text x=\"{tx:.1}\" y=\"{ty}\" text-anchor=\"{anchor}\">{name}</text>",
                 b = HEIGHT - MARGIN,
-                tx = x + 3.0,
-                ty = MARGIN + 10.0,
+                ty = MARGIN + 10.0 + 12.0 * line as f64,
                 name = escape(&e.stage_name)
             );
         }
@@ -327,5 +341,36 @@ mod tests {
         assert!(html.contains("caption en &lt;x&gt;"));
         assert!(html.contains("class=ok"));
         assert!(render("empty", &[], None).contains("No steps yet."));
+    }
+
+    /// The `y` of each stage label in a chart, in order.
+    fn label_lines(svg: &str) -> Vec<(String, String)> {
+        svg.split("<text x=")
+            .filter(|t| t.contains(">stage-"))
+            .map(|t| {
+                let y = t.split("y=\"").nth(1).unwrap().split('"').next().unwrap();
+                let anchor = t.split("text-anchor=\"").nth(1).unwrap().split('"');
+                (y.to_string(), anchor.clone().next().unwrap().to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn close_stage_labels_take_separate_lines_and_stay_inside_the_chart() {
+        // 100 steps; stages start at steps 50, 52 (a label's width apart is far more) and 100.
+        let stage = |s: u64| match s {
+            ..50 => 0,
+            50..52 => 1,
+            52..100 => 2,
+            _ => 3,
+        };
+        let events: Vec<_> = (1..=100).map(|s| event(s, stage(s), 1.0)).collect();
+        let series = [("loss".to_string(), vec![(1.0, 1.0), (100.0, 2.0)])];
+        let labels = label_lines(&chart(&series, &events, "loss"));
+        let lines: Vec<&str> = labels.iter().map(|(y, _)| y.as_str()).collect();
+        assert_eq!(lines, ["54", "66", "54"], "{labels:?}");
+        // The last boundary is at the right edge: its label ends there.
+        assert_eq!(labels[2].1, "end");
+        assert_eq!(labels[0].1, "start");
     }
 }

@@ -18,6 +18,8 @@ sigmoid image-text loss against a small caption encoder).
 
 How fast the encoder alone can learn the objects, told them directly: `--objective objects
 --head thirds --three-objects --lr 1e-3 --steps 3000` (README, "Where it stands").
+`--keep-position` adds a term that asks every output token for its column: without it the
+objects objective washes much of the position out of the tokens.
 """
 
 import argparse
@@ -222,6 +224,11 @@ def main():
     parser.add_argument(
         "--decay", action="store_true", help="cosine decay of the rate to zero after warm-up"
     )
+    parser.add_argument(
+        "--keep-position", action="store_true",
+        help="also ask every token which column of the patch grid it is in, so that its "
+        "position stays readable",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -244,6 +251,10 @@ def main():
         train_y = object_labels(train_c, with_colour)
         test_y = object_labels(test_c, with_colour)
     params = list(encoder.parameters()) + list(head.parameters())
+    column = torch.arange(GRID * GRID) % GRID
+    if args.keep_position:
+        position_head = nn.Linear(WIDTH, GRID)
+        params += list(position_head.parameters())
     optimiser = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
 
     start = time.time()
@@ -254,6 +265,9 @@ def main():
             loss = head.loss(tokens, [train_c[r] for r in rows])
         else:
             loss, _ = head.loss(tokens, train_y[rows])
+        if args.keep_position:
+            guess = position_head(tokens).flatten(0, 1)
+            loss = loss + F.cross_entropy(guess, column.repeat(len(rows)))
         for group in optimiser.param_groups:
             group["lr"] = args.lr * min(1.0, step / 50)
             if args.decay and step > 50:

@@ -15,6 +15,8 @@ use crate::eval::EvalReport;
 const WIDTH: f64 = 760.0;
 const HEIGHT: f64 = 260.0;
 const MARGIN: f64 = 44.0;
+/// The column right of the plot that holds the series' names, clear of the stage labels.
+const LEGEND_WIDTH: f64 = 120.0;
 /// Roughly the width of a character of the charts' 11 px labels, to keep labels apart.
 const LABEL_CHAR_WIDTH: f64 = 6.5;
 const COLOURS: [&str; 8] = [
@@ -174,8 +176,9 @@ fn chart(series: &[Series], events: &[TrainEvent], y_label: &str) -> String {
     let y_span = (y_max - y_min).max(1e-12);
     let sx = |x: f64| MARGIN + (x / x_max) * (WIDTH - 2.0 * MARGIN);
     let sy = |y: f64| HEIGHT - MARGIN + -(y - y_min) / y_span * (HEIGHT - 2.0 * MARGIN);
+    let svg_width = WIDTH + LEGEND_WIDTH;
     let mut svg = format!(
-        "<svg width=\"{WIDTH}\" height=\"{HEIGHT}\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" xmlns=\"http://www.w3.org/2000/svg\">"
+        "<svg width=\"{svg_width}\" height=\"{HEIGHT}\" viewBox=\"0 0 {svg_width} {HEIGHT}\" xmlns=\"http://www.w3.org/2000/svg\">"
     );
     let _ = write!(
         svg,
@@ -197,9 +200,9 @@ fn chart(series: &[Series], events: &[TrainEvent], y_label: &str) -> String {
         if previous.is_some_and(|s| s != e.stage) {
             let x = sx(e.step as f64 - 0.5);
             // A label that would run into the previous one goes a line lower; one that would
-            // leave the chart on the right ends at its boundary instead of starting there.
+            // leave the plot on the right ends at its boundary instead of starting there.
             let width = LABEL_CHAR_WIDTH * e.stage_name.chars().count() as f64;
-            let (tx, anchor) = if x + 3.0 + width > WIDTH {
+            let (tx, anchor) = if x + 3.0 + width > WIDTH - MARGIN {
                 (x - 3.0, "end")
             } else {
                 (x + 3.0, "start")
@@ -232,7 +235,7 @@ fn chart(series: &[Series], events: &[TrainEvent], y_label: &str) -> String {
             path.join(" "),
             escape(name),
             w = if i == 0 { 1.0 } else { 1.8 },
-            lx = WIDTH - MARGIN - 110.0,
+            lx = WIDTH - MARGIN + 12.0,
             ly = MARGIN + 14.0 * (i as f64 + 1.0),
         );
     }
@@ -372,5 +375,23 @@ mod tests {
         // The last boundary is at the right edge: its label ends there.
         assert_eq!(labels[2].1, "end");
         assert_eq!(labels[0].1, "start");
+    }
+
+    #[test]
+    fn series_names_sit_right_of_the_plot_where_no_stage_label_goes() {
+        let events: Vec<_> = (1..=10).map(|s| event(s, (s > 9) as usize, 1.0)).collect();
+        let series = [
+            ("loss".to_string(), vec![(1.0, 1.0), (10.0, 2.0)]),
+            ("caption".to_string(), vec![(1.0, 0.5), (10.0, 0.2)]),
+        ];
+        let svg = chart(&series, &events, "per token");
+        let x_of = |name: &str| -> f64 {
+            let text = svg.split("<text x=\"").find(|t| t.contains(name)).unwrap();
+            text.split('"').next().unwrap().parse().unwrap()
+        };
+        let plot_right = WIDTH - MARGIN;
+        assert!(x_of(">loss<") > plot_right && x_of(">caption<") > plot_right);
+        // The stage label at the right edge ends inside the plot.
+        assert!(x_of(">stage-1<") <= plot_right, "{svg}");
     }
 }

@@ -19,7 +19,9 @@ sigmoid image-text loss against a small caption encoder).
 How fast the encoder alone can learn the objects, told them directly: `--objective objects
 --head thirds --three-objects --lr 1e-3 --steps 3000` (README, "Where it stands").
 `--keep-position` adds a term that asks every output token for its column: without it the
-objects objective washes much of the position out of the tokens.
+objects objective washes much of the position out of the tokens. `--boxes` adds one that asks
+every token inside a known box (the row's `objects`) for that box's corners, which detection
+needs finer than a patch.
 """
 
 import argparse
@@ -47,13 +49,29 @@ GRID = SIDE // PATCH
 def read_split(folder, split):
     rows = []
     for shard in sorted(Path(folder).glob(f"{split}-*.parquet")):
-        rows += pq.read_table(shard, columns=["image", "caption"]).to_pylist()
+        rows += pq.read_table(shard, columns=["image", "caption", "objects"]).to_pylist()
     pixels = np.stack(
         [np.asarray(Image.open(io.BytesIO(r["image"]["bytes"])).convert("RGB")) for r in rows]
     )
     # The batch contract: channels first, x / 127.5 - 1.
     images = torch.tensor(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return images, [r["caption"] for r in rows]
+    return images, [r["caption"] for r in rows], token_boxes([r["objects"] for r in rows])
+
+
+def token_boxes(objects):
+    """Per image, the box (y0, x0, y1, x1) each patch token's centre lies in, and which tokens
+    lie in one. Only the boxes of the row's detection class are known; the others' tokens stay
+    unasked."""
+    centre = (torch.arange(GRID) + 0.5) / GRID
+    cy, cx = centre.repeat_interleave(GRID), centre.repeat(GRID)
+    targets = torch.zeros(len(objects), GRID * GRID, 4)
+    known = torch.zeros(len(objects), GRID * GRID, dtype=torch.bool)
+    for i, boxes in enumerate(objects):
+        for b in boxes:
+            inside = (cy > b["y0"]) & (cy < b["y1"]) & (cx > b["x0"]) & (cx < b["x1"])
+            targets[i, inside] = torch.tensor([b["y0"], b["x0"], b["y1"], b["x1"]])
+            known[i] |= inside
+    return targets, known
 
 
 def object_labels(captions, with_colour):
@@ -229,18 +247,24 @@ def main():
         help="also ask every token which column of the patch grid it is in, so that its "
         "position stays readable",
     )
+    parser.add_argument(
+        "--boxes", action="store_true",
+        help="also ask every token inside a known box for that box's corners (L1), so that "
+        "where an object is, finer than a patch, stays readable",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    train_x, train_c = read_split(args.scenes, "train")
-    test_x, test_c = read_split(args.scenes, "test")
+    train_x, train_c, train_b = read_split(args.scenes, "train")
+    test_x, test_c, test_b = read_split(args.scenes, "test")
     if args.three_objects:
-        def three(x, c):
+        def three(x, c, b=None):
             keep = [i for i, caption in enumerate(c) if caption.count(" left of ") == 2]
-            return x[keep], [c[i] for i in keep]
+            kept = x[keep], [c[i] for i in keep]
+            return kept + ((b[0][keep], b[1][keep]),) if b else kept
 
-        train_x, train_c = three(train_x, train_c)
-        test_x, test_c = three(test_x, test_c)
+        train_x, train_c, train_b = three(train_x, train_c, train_b)
+        test_x, test_c, test_b = three(test_x, test_c, test_b)
     encoder = Encoder()
     if args.objective == "siglip":
         vocabulary = sorted({w for c in train_c + test_c for w in c.split()})
@@ -255,6 +279,9 @@ def main():
     if args.keep_position:
         position_head = nn.Linear(WIDTH, GRID)
         params += list(position_head.parameters())
+    if args.boxes:
+        box_head = nn.Linear(WIDTH, 4)
+        params += list(box_head.parameters())
     optimiser = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
 
     start = time.time()
@@ -268,6 +295,11 @@ def main():
         if args.keep_position:
             guess = position_head(tokens).flatten(0, 1)
             loss = loss + F.cross_entropy(guess, column.repeat(len(rows)))
+        if args.boxes:
+            targets, known = train_b[0][rows], train_b[1][rows]
+            if known.any():
+                # In tenths of the side, so that the term weighs about as much as the others.
+                loss = loss + 10 * F.l1_loss(box_head(tokens)[known], targets[known])
         for group in optimiser.param_groups:
             group["lr"] = args.lr * min(1.0, step / 50)
             if args.decay and step > 50:
@@ -283,6 +315,10 @@ def main():
                 present = test_y >= 0
                 accuracy = (guess[present] == test_y[present]).float().mean().item()
                 report += f" held-out objects right {accuracy:.2f}"
+            if args.boxes:
+                with torch.no_grad():
+                    error = F.l1_loss(box_head(encoder(test_x))[test_b[1]], test_b[0][test_b[1]])
+                report += f", box corners off by {error.item():.3f} of the side"
             print(f"{report} ({time.time() - start:.0f} s)", flush=True)
 
     out = Path(args.out)

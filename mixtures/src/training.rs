@@ -6,7 +6,7 @@
 //! | knob | `pretrain` (Stages 1-2) | `transfer` (Stage 3) |
 //! | --- | --- | --- |
 //! | `lr` | 2e-5 (ours) | 1e-5 (paper's recommended transfer default) |
-//! | `schedule` | `rsqrt` (ours: open-ended, so Stage 2 or an appended stage continues it) | `cosine` (paper) |
+//! | `schedule` | `rsqrt` (ours: open-ended, no planned end) | `cosine` (paper) |
 //! | `warmup` | 1,000 steps | 5 % of the stage (paper) |
 //! | `timescale` (rsqrt only) | the warm-up's length (ours; big_vision's default is 10,000) | - |
 //! | `cooldown` (rsqrt only) | 0 steps: none (big_vision's "infinite" schedule ends in one) | - |
@@ -35,8 +35,10 @@ pub enum Recipe {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Schedule {
-    /// lr · sqrt(timescale / (steps since the warm-up + timescale)): no fixed end, so a later
-    /// stage (or an appended one) can continue the run without restarting the decay.
+    /// lr · sqrt(timescale / (steps since the warm-up + timescale)): no fixed end, so a stage
+    /// can stop anywhere and still have decayed smoothly. Like every schedule it counts the
+    /// stage's own steps: a later stage continues the decay only through its `lr` (the
+    /// quickstart's second stage starts at the rate where the first ended).
     Rsqrt,
     /// Cosine decay to zero at the end of the stage.
     Cosine,

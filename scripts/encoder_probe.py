@@ -258,10 +258,9 @@ def main():
     train_x, train_c, train_b = read_split(args.scenes, "train")
     test_x, test_c, test_b = read_split(args.scenes, "test")
     if args.three_objects:
-        def three(x, c, b=None):
+        def three(x, c, b):
             keep = [i for i, caption in enumerate(c) if caption.count(" left of ") == 2]
-            kept = x[keep], [c[i] for i in keep]
-            return kept + ((b[0][keep], b[1][keep]),) if b else kept
+            return x[keep], [c[i] for i in keep], (b[0][keep], b[1][keep])
 
         train_x, train_c, train_b = three(train_x, train_c, train_b)
         test_x, test_c, test_b = three(test_x, test_c, test_b)

@@ -346,15 +346,13 @@ mod tests {
         assert!(render("empty", &[], None).contains("No steps yet."));
     }
 
-    /// The `y` of each stage label in a chart, in order.
-    fn label_lines(svg: &str) -> Vec<(String, String)> {
-        svg.split("<text x=")
-            .filter(|t| t.contains(">stage-"))
-            .map(|t| {
-                let y = t.split("y=\"").nth(1).unwrap().split('"').next().unwrap();
-                let anchor = t.split("text-anchor=\"").nth(1).unwrap().split('"');
-                (y.to_string(), anchor.clone().next().unwrap().to_string())
-            })
+    /// Attribute `name` of every `<text>` of a chart whose content starts with `content`.
+    fn text_attrs<'a>(svg: &'a str, content: &str, name: &str) -> Vec<&'a str> {
+        let marker = format!(">{content}");
+        let prefix = format!(" {name}=\"");
+        svg.split("<text")
+            .filter(|t| t.contains(&marker))
+            .map(|t| t.split(&prefix).nth(1).unwrap().split('"').next().unwrap())
             .collect()
     }
 
@@ -369,12 +367,12 @@ mod tests {
         };
         let events: Vec<_> = (1..=100).map(|s| event(s, stage(s), 1.0)).collect();
         let series = [("loss".to_string(), vec![(1.0, 1.0), (100.0, 2.0)])];
-        let labels = label_lines(&chart(&series, &events, "loss"));
-        let lines: Vec<&str> = labels.iter().map(|(y, _)| y.as_str()).collect();
-        assert_eq!(lines, ["54", "66", "54"], "{labels:?}");
+        let svg = chart(&series, &events, "loss");
+        assert_eq!(text_attrs(&svg, "stage-", "y"), ["54", "66", "54"], "{svg}");
         // The last boundary is at the right edge: its label ends there.
-        assert_eq!(labels[2].1, "end");
-        assert_eq!(labels[0].1, "start");
+        let anchors = text_attrs(&svg, "stage-", "text-anchor");
+        assert_eq!(anchors[2], "end");
+        assert_eq!(anchors[0], "start");
     }
 
     #[test]
@@ -385,13 +383,10 @@ mod tests {
             ("caption".to_string(), vec![(1.0, 0.5), (10.0, 0.2)]),
         ];
         let svg = chart(&series, &events, "per token");
-        let x_of = |name: &str| -> f64 {
-            let text = svg.split("<text x=\"").find(|t| t.contains(name)).unwrap();
-            text.split('"').next().unwrap().parse().unwrap()
-        };
+        let x_of = |content: &str| -> f64 { text_attrs(&svg, content, "x")[0].parse().unwrap() };
         let plot_right = WIDTH - MARGIN;
-        assert!(x_of(">loss<") > plot_right && x_of(">caption<") > plot_right);
+        assert!(x_of("loss<") > plot_right && x_of("caption<") > plot_right);
         // The stage label at the right edge ends inside the plot.
-        assert!(x_of(">stage-1<") <= plot_right, "{svg}");
+        assert!(x_of("stage-1<") <= plot_right, "{svg}");
     }
 }

@@ -43,8 +43,8 @@ pub struct DecodeOnly {
     pub images_per_s: f64,
 }
 
-/// Decodes (to full-size RGB, nothing else) the first `max_images` images of the stage's first
-/// source with an image column, on `threads` workers (0: every core).
+/// Decodes (to full-size RGB into a reused buffer, nothing else) the first `max_images` images
+/// of the stage's first source with an image column, on `threads` workers (0: every core).
 pub fn decode_only(
     mixture: &Mixture,
     stage: usize,
@@ -74,7 +74,8 @@ pub fn decode_only(
         images
             .par_iter()
             .map_init(ImageProcessor::new, |p, bytes| {
-                usize::from(p.decode_rgb(bytes, None).is_ok())
+                let decoded = p.decode_rgb(bytes, None).map(|rgb| p.recycle(rgb));
+                usize::from(decoded.is_ok())
             })
             .sum()
     });

@@ -69,10 +69,9 @@ impl ImageProcessor {
 
     /// Decodes, orients and resizes to `resolution` squared.
     pub fn square(&mut self, bytes: &[u8], resolution: u32) -> Result<SquareImage, ImageError> {
-        let buffer = std::mem::take(&mut self.pixels);
-        let rgb = self.decode(bytes, Some(resolution), buffer)?;
+        let rgb = self.decode_rgb(bytes, Some(resolution))?;
         let square = self.resize.run(&rgb, resolution);
-        self.pixels = rgb.into_raw();
+        self.recycle(rgb);
         square
     }
 
@@ -83,13 +82,20 @@ impl ImageProcessor {
 
     /// Decodes to upright RGB 8-bit, for previews, re-encoding and visual prompts. With a hint,
     /// a JPEG may come out smaller (DCT scaling, `turbojpeg` feature) but keeps its shorter side
-    /// at least `min_side_hint`.
+    /// at least `min_side_hint`. Its buffer is the one last given to [`recycle`](Self::recycle).
     pub fn decode_rgb(
         &mut self,
         bytes: &[u8],
         min_side_hint: Option<u32>,
     ) -> Result<RgbImage, ImageError> {
-        self.decode(bytes, min_side_hint, Vec::new())
+        let buffer = std::mem::take(&mut self.pixels);
+        self.decode(bytes, min_side_hint, buffer)
+    }
+
+    /// Takes back a decoded image the caller is done with, for the next decode to fill: no
+    /// allocation and no zero-fill of a fresh buffer per image.
+    pub fn recycle(&mut self, rgb: RgbImage) {
+        self.pixels = rgb.into_raw();
     }
 
     /// The second half of [`square`](Self::square), for an image already decoded (and drawn on).

@@ -152,6 +152,16 @@ pub enum Problem {
         "a siglip stage trains the image encoder and a text tower at the stage's rate: `{0}`, a prefix-LM knob, does not apply"
     )]
     SiglipKnob(&'static str),
+    #[error("the first stage has no schedule before it to continue")]
+    NothingToContinue,
+    #[error(
+        "the stage before, {stage:?}, runs a {schedule} schedule: only rsqrt, without an end, can be continued"
+    )]
+    ContinuesRsqrtOnly { stage: String, schedule: String },
+    #[error(
+        "a stage that continues the one before it takes `{0}` from it: leave `{0}` out, or drop `continues`"
+    )]
+    ContinuedKnob(&'static str),
     #[error("a siglip stage needs one image per example; task {task:?} has {images}")]
     SiglipImages { task: String, images: u32 },
     #[error(

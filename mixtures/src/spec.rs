@@ -408,6 +408,24 @@ impl Mixture {
         serde_json::to_string_pretty(self).expect("a mixture always serialises")
     }
 
+    /// Stage `stage`'s training knobs: its own, except that a stage that `continues` takes the
+    /// schedule knobs (`lr`, `schedule`, warm-ups, `timescale`) of the stage before it.
+    pub fn stage_training(&self, stage: usize) -> Training {
+        let own = self.stages[stage].training();
+        if !own.continues || stage == 0 {
+            return own;
+        }
+        let before = self.stage_training(stage - 1);
+        Training {
+            lr: before.lr,
+            schedule: before.schedule,
+            warmup: before.warmup,
+            timescale: before.timescale,
+            vit_warmup: before.vit_warmup,
+            ..own
+        }
+    }
+
     /// Normalised weights (summing to one) of the tasks stage `stage` draws from, in task-name
     /// order; `None` if no task has a positive weight.
     pub fn stage_weights(&self, stage: usize) -> Option<Vec<(String, f64)>> {
@@ -466,7 +484,8 @@ impl Stage {
         let side = self.resolution() / patch_size.max(1);
         side * side
     }
-    /// The training knobs with the recipe's defaults filled in.
+    /// The stage's own training knobs with the recipe's defaults filled in; see
+    /// [`Mixture::stage_training`] for those of a stage that `continues` the one before.
     pub fn training(&self) -> Training {
         self.train.resolve(self.recipe)
     }

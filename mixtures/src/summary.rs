@@ -119,14 +119,14 @@ pub fn summary_table(mixture: &Mixture, ctx: &SummaryContext) -> String {
     let mut out = String::new();
     for (i, stage) in summarize(mixture, ctx).iter().enumerate() {
         let spec = &mixture.stages[i];
-        let training = spec.training();
+        let training = mixture.stage_training(i);
         let budget = match &spec.budget {
             Budget::Examples(n) => format!("{} examples", grouped(*n)),
             Budget::Epochs { epochs, task } => format!("{epochs} epochs of {task}"),
         };
         let _ = writeln!(
             out,
-            "stage {i} {:?}{}: {}px ({} image tokens), text {}, batch {}, {budget}, lr {:e} {}{}",
+            "stage {i} {:?}{}: {}px ({} image tokens), text {}, batch {}, {budget}, lr {:e} {}{}{}",
             stage.name,
             match spec.objective {
                 Objective::PrefixLm => "",
@@ -138,6 +138,7 @@ pub fn summary_table(mixture: &Mixture, ctx: &SummaryContext) -> String {
             stage.batch_size,
             training.lr,
             training.schedule,
+            if training.continues { " continued" } else { "" },
             if spec.packing() { ", packed" } else { "" },
         );
         let mut rows = vec![

@@ -11,6 +11,7 @@
 //! | `timescale` (rsqrt only) | the warm-up's length (ours; big_vision's default is 10,000) | - |
 //! | `cooldown` (rsqrt only) | 0 steps: none (big_vision's "infinite" schedule ends in one) | - |
 //! | `vit_warmup` | 10 % of the stage: the paper's slow linear warm-up of the image encoder | as `warmup` |
+//! | `continues` | false (true: the previous stage's rsqrt schedule, carried on) | false |
 //! | `freeze_vit` | false (paper: the image encoder is trained in every stage) | false (paper) |
 //! | `image_lr_scale` | 1 (ours: the image encoder's and projector's rate as a multiple of `lr`) | 1 |
 //! | `label_smoothing` | 0 | 0 (paper) |
@@ -36,9 +37,8 @@ pub enum Recipe {
 #[serde(rename_all = "snake_case")]
 pub enum Schedule {
     /// lr · sqrt(timescale / (steps since the warm-up + timescale)): no fixed end, so a stage
-    /// can stop anywhere and still have decayed smoothly. Like every schedule it counts the
-    /// stage's own steps: a later stage continues the decay only through its `lr` (the
-    /// quickstart's second stage starts at the rate where the first ended).
+    /// can stop anywhere and still have decayed smoothly, and a later stage can carry it on
+    /// (`continues`). Otherwise, like every schedule, it counts the stage's own steps.
     Rsqrt,
     /// Cosine decay to zero at the end of the stage.
     Cosine,
@@ -126,6 +126,11 @@ pub struct TrainSpec {
     pub grad_clip: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_norm: Option<LossNorm>,
+    /// Carries the previous stage's rsqrt schedule on instead of starting one: its `lr`,
+    /// `schedule`, warm-ups and `timescale`, its steps counted after that stage's planned
+    /// steps (continuous pretraining across a change of resolution or mixture).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continues: Option<bool>,
 }
 
 /// Every knob resolved: what the trainer consumes.
@@ -150,6 +155,9 @@ pub struct Training {
     pub weight_decay: f64,
     pub grad_clip: f64,
     pub loss_norm: LossNorm,
+    /// The schedule knobs are the previous stage's, carried on (see [`TrainSpec::continues`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continues: bool,
 }
 
 fn unit() -> f64 {
@@ -174,6 +182,7 @@ impl Recipe {
                 weight_decay: 0.0,
                 grad_clip: 1.0,
                 loss_norm: LossNorm::PerToken,
+                continues: false,
             },
             Recipe::Transfer => Training {
                 lr: 1e-5,
@@ -189,6 +198,7 @@ impl Recipe {
                 weight_decay: 0.0,
                 grad_clip: 1.0,
                 loss_norm: LossNorm::PerToken,
+                continues: false,
             },
         }
     }
@@ -224,6 +234,7 @@ impl TrainSpec {
             weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
             grad_clip: self.grad_clip.unwrap_or(d.grad_clip),
             loss_norm: self.loss_norm.unwrap_or(d.loss_norm),
+            continues: self.continues.unwrap_or(false),
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::error::{Problem, ValidationError, ValidationErrors};
 use crate::lines::{index_path, key_path};
 use crate::spec::{Budget, Mixture, Objective, Source, Stage};
 use crate::suggest::closest;
-use crate::training::{Schedule, Warmup};
+use crate::training::{Schedule, TrainSpec, Warmup};
 use crate::weights::Weights;
 
 /// Columns of a source's files, by source name; `None` where unknown.
@@ -292,7 +292,7 @@ impl Checker<'_, '_> {
             self.weights(&path, stage);
             self.budget(i, &path, stage);
             self.fits(i, &path, stage);
-            self.training(&path, stage);
+            self.training(i, &path, stage);
             if stage.objective == Objective::Siglip {
                 self.siglip(i, &path, stage);
             }
@@ -526,9 +526,12 @@ impl Checker<'_, '_> {
         })
     }
 
-    fn training(&mut self, stage_path: &str, stage: &Stage) {
+    fn training(&mut self, index: usize, stage_path: &str, stage: &Stage) {
         let path = key_path(stage_path, "train");
         let t = &stage.train;
+        if t.continues == Some(true) {
+            self.continues(index, &path, t);
+        }
         self.in_range(
             key_path(&path, "lr"),
             t.lr,
@@ -565,7 +568,7 @@ impl Checker<'_, '_> {
             |v| v.is_finite() && v >= 0.0,
             "[0, ∞)",
         );
-        let schedule = stage.training().schedule;
+        let schedule = self.mixture.stage_training(index).schedule;
         for (knob, value) in [("timescale", t.timescale), ("cooldown", t.cooldown)] {
             let at = key_path(&path, knob);
             match value {
@@ -591,6 +594,35 @@ impl Checker<'_, '_> {
                 |v| (0.0..=1.0).contains(&v),
                 "[0, 1]",
             );
+        }
+    }
+
+    /// A stage that continues the one before it takes that stage's schedule knobs, and only
+    /// rsqrt, without an end, can be carried on.
+    fn continues(&mut self, index: usize, path: &str, t: &TrainSpec) {
+        let at = key_path(path, "continues");
+        match index.checked_sub(1) {
+            None => self.error(at, Problem::NothingToContinue),
+            Some(before) => {
+                let schedule = self.mixture.stage_training(before).schedule;
+                if schedule != Schedule::Rsqrt {
+                    let stage = self.mixture.stages[before].name.clone();
+                    let schedule = schedule.to_string();
+                    self.error(at, Problem::ContinuesRsqrtOnly { stage, schedule });
+                }
+            }
+        }
+        let inherited = [
+            ("lr", t.lr.is_some()),
+            ("schedule", t.schedule.is_some()),
+            ("warmup", t.warmup.is_some()),
+            ("timescale", t.timescale.is_some()),
+            ("vit_warmup", t.vit_warmup.is_some()),
+        ];
+        for (knob, set) in inherited {
+            if set {
+                self.error(key_path(path, knob), Problem::ContinuedKnob(knob));
+            }
         }
     }
 }

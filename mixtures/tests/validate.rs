@@ -492,6 +492,45 @@ fn timescale_and_cooldown_need_the_rsqrt_schedule() {
 }
 
 #[test]
+fn a_stage_continues_only_an_rsqrt_schedule_before_it_and_takes_its_knobs() {
+    let second = |train: &str| {
+        path_and_problem(&edit(
+            "budget = { examples = 100 }",
+            &format!("budget = {{ examples = 100 }}\ntrain = {train}"),
+        ))
+    };
+    assert!(second("{ continues = true, cooldown = 10 }").is_empty());
+    assert_eq!(
+        second("{ continues = true, lr = 1e-4, warmup = { steps = 5 }, vit_warmup = { steps = 5 } }"),
+        ["lr", "warmup", "vit_warmup"].map(|knob| format!(
+            "stages[1].train.{knob}: a stage that continues the one before it takes `{knob}` from it: leave `{knob}` out, or drop `continues`"
+        ))
+    );
+    let after_cosine = edit(
+        "budget = { examples = 800 }",
+        "budget = { examples = 800 }\ntrain = { schedule = \"cosine\" }",
+    )
+    .replace(
+        "budget = { examples = 100 }",
+        "budget = { examples = 100 }\ntrain = { continues = true }",
+    );
+    assert_eq!(
+        path_and_problem(&after_cosine),
+        [
+            "stages[1].train.continues: the stage before, \"one\", runs a cosine schedule: only rsqrt, without an end, can be continued"
+        ]
+    );
+    let first = edit(
+        "budget = { examples = 800 }",
+        "budget = { examples = 800 }\ntrain = { continues = true }",
+    );
+    assert_eq!(
+        path_and_problem(&first),
+        ["stages[0].train.continues: the first stage has no schedule before it to continue"]
+    );
+}
+
+#[test]
 fn every_error_is_collected_and_listed_one_per_line() {
     let text = edit("source = \"docs\"", "source = \"doc\"")
         .replace("resolution = 448", "resolution = 450")

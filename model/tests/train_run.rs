@@ -624,7 +624,8 @@ fn label_smoothing_moves_the_loss_toward_the_mean_log_probability() {
     let mut training = mixture.stages[0].training();
     training.lr = 1e-2;
     for _ in 0..6 {
-        t.train_batch(&batch, &training, 100).unwrap();
+        let schedule = model::train::LrSchedule::from_training(&training, 100);
+        t.train_batch(&batch, &training, &schedule).unwrap();
     }
     let input = model::train::model_input(&batch, &t.model.cfg).unwrap();
     let vocab = t.model.cfg.text.vocab_size;

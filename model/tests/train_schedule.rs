@@ -15,6 +15,8 @@ fn schedule(kind: Schedule, warmup: u64, total: u64) -> LrSchedule {
         timescale: warmup.max(1),
         total,
         cooldown: 0,
+        offset: 0,
+        vit_warmup: 0,
     }
 }
 
@@ -133,7 +135,7 @@ fn the_image_encoder_warms_up_more_slowly_and_can_be_frozen() {
         vit_warmup: Warmup::Steps(100),
         ..Recipe::Pretrain.defaults()
     };
-    let at = |step| GroupLrs::at(&t, step, 1000);
+    let at = |step| GroupLrs::at(&t, &LrSchedule::from_training(&t, 1000), step);
     assert!(close(at(0).llm, 0.1) && close(at(0).projector, 0.1));
     assert!(close(at(0).vision, 0.1 * 0.01), "both warm-ups multiply");
     assert!(close(at(9).llm, 1.0));
@@ -144,18 +146,92 @@ fn the_image_encoder_warms_up_more_slowly_and_can_be_frozen() {
         freeze_vit: true,
         ..t
     };
-    let lrs = GroupLrs::at(&frozen, 50, 1000);
+    let lrs = GroupLrs::at(&frozen, &LrSchedule::from_training(&frozen, 1000), 50);
     assert_eq!(lrs.vision, 0.0);
     assert!(close(lrs.llm, 1.0));
     let slower = Training {
         image_lr_scale: 0.25,
         ..t
     };
-    let lrs = GroupLrs::at(&slower, 49, 1000);
+    let lrs = GroupLrs::at(&slower, &LrSchedule::from_training(&slower, 1000), 49);
     assert!(close(lrs.llm, 1.0));
     assert!(close(lrs.projector, 0.25));
     assert!(
         close(lrs.vision, 0.25 * 0.5),
         "the scale and the encoder's warm-up multiply"
     );
+}
+
+#[test]
+fn a_continued_rsqrt_carries_on_where_the_stage_before_ended() {
+    let first = LrSchedule {
+        vit_warmup: 300,
+        ..schedule(Schedule::Rsqrt, 100, 200)
+    };
+    let second = first.continued(500, 0);
+    assert_eq!((second.offset, second.total), (200, 500));
+    for step in [0, 1, 99, 499] {
+        assert!(close(second.lr(step), first.lr(200 + step)), "step {step}");
+    }
+    assert!(
+        close(second.lr(199), 1.0),
+        "sqrt(100 / 400), as if one stage"
+    );
+    assert!(
+        close(second.vit_factor(0), 201.0 / 300.0),
+        "the encoder's warm-up carries on too"
+    );
+    assert!(close(second.vit_factor(99), 1.0));
+    // A third stage continues the second; its cool-down is its own.
+    let third = second.continued(100, 50);
+    assert_eq!(third.offset, 700);
+    assert!(close(third.lr(49), first.lr(749)));
+    assert!(close(third.lr(75), first.lr(775) * 25.0 / 50.0));
+    assert!(close(third.lr(99), first.lr(799) / 50.0));
+}
+
+#[test]
+fn stages_that_continue_follow_the_first_stages_schedule_in_a_mixture() {
+    let spec = r#"
+        [sources.s]
+        data = "s.parquet"
+        [tasks.t]
+        source = "s"
+        prefix = "p"
+        suffix = "{x}"
+        [[stages]]
+        name = "one"
+        batch_size = 10
+        budget = { examples = 1000 }
+        weights = { t = 1 }
+        train = { lr = 1e-3, warmup = { steps = 20 }, vit_warmup = { fraction = 0.5 } }
+        [[stages]]
+        name = "two"
+        batch_size = 10
+        budget = { examples = 500 }
+        weights = { t = 1 }
+        train = { continues = true, cooldown = 50, image_lr_scale = 0.1 }
+        [[stages]]
+        name = "three"
+        batch_size = 10
+        budget = { examples = 100 }
+        weights = { t = 1 }
+        train = { lr = 1e-5, schedule = "constant" }
+    "#;
+    let mixture = mixtures::Mixture::from_toml_str(spec).unwrap();
+    let one = model::train::stage_schedule(&mixture, 0).unwrap();
+    let two = model::train::stage_schedule(&mixture, 1).unwrap();
+    let three = model::train::stage_schedule(&mixture, 2).unwrap();
+    assert_eq!((one.total, one.vit_warmup), (100, 50));
+    assert_eq!((two.offset, two.total, two.cooldown), (100, 50, 50));
+    assert_eq!((two.warmup, two.vit_warmup), (20, 50), "the first stage's");
+    assert!(close(two.lr(0), 1e-3 * (20.0f64 / 101.0).sqrt()));
+    assert_eq!(
+        three.offset, 0,
+        "a stage that does not continue starts its own"
+    );
+    let training = mixture.stage_training(1);
+    assert_eq!((training.lr, training.image_lr_scale), (1e-3, 0.1));
+    let lrs = GroupLrs::at(&training, &two, 0);
+    assert!(close(lrs.projector, 0.1 * lrs.llm) && close(lrs.vision, lrs.projector));
 }

@@ -11,7 +11,7 @@ use mixtures::Training;
 use serde::{Deserialize, Serialize};
 
 use super::Result;
-use super::schedule::{LrSchedule, linear_warmup};
+use super::schedule::LrSchedule;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::{Gradients, PaliGemma};
 
@@ -77,15 +77,14 @@ fn is_zero(x: &f64) -> bool {
 }
 
 impl GroupLrs {
-    /// The rates of stage step `step` of a stage of `total` planned steps.
-    pub fn at(training: &Training, step: u64, total: u64) -> Self {
-        let schedule = LrSchedule::from_training(training, total);
+    /// The rates of stage step `step` of a stage with these knobs and this schedule.
+    pub fn at(training: &Training, schedule: &LrSchedule, step: u64) -> Self {
         let lr = schedule.lr(step);
         let image = lr * training.image_lr_scale;
         let vision = if training.freeze_vit {
             0.0
         } else {
-            image * linear_warmup(step, training.vit_warmup.steps(total))
+            image * schedule.vit_factor(step)
         };
         GroupLrs {
             vision,
@@ -97,8 +96,8 @@ impl GroupLrs {
 
     /// The rates of a `siglip` stage: the image encoder and the text side at the stage's
     /// scheduled rate, the projector and the LLM at rest.
-    pub fn siglip(training: &Training, step: u64, total: u64) -> Self {
-        let lr = LrSchedule::from_training(training, total).lr(step);
+    pub fn siglip(schedule: &LrSchedule, step: u64) -> Self {
+        let lr = schedule.lr(step);
         GroupLrs {
             vision: lr,
             text: lr,

@@ -37,6 +37,7 @@ pub use run::{RunSetup, Start, open_run, read_spec};
 pub use schedule::{LrSchedule, linear_warmup};
 pub use trainer::{
     Outcome, StepStats, TrainConfig, TrainEvent, Trainer, config_for_tokenizer, planned_steps,
+    stage_schedule,
 };
 
 /// Errors of training; each names the file, step, stage or batch at fault.

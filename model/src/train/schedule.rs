@@ -15,6 +15,10 @@
 //!
 //! The image encoder's slower warm-up ([`linear_warmup`] with `vit_warmup`) multiplies its
 //! group's rate on top of the stage's schedule.
+//!
+//! A stage that `continues` the one before it carries that stage's rsqrt schedule on: its step
+//! `s` is step `offset + s` of the schedule, `offset` being the planned steps of the stages it
+//! continues; only its cool-down is its own.
 
 use mixtures::{Schedule, Training};
 use serde::{Deserialize, Serialize};
@@ -31,6 +35,13 @@ pub struct LrSchedule {
     pub total: u64,
     /// Rsqrt only: steps of linear cool-down at the end of the stage.
     pub cooldown: u64,
+    /// Steps of the schedule run before this stage, by the stages it continues; 0 for a stage
+    /// that starts its own.
+    #[serde(default)]
+    pub offset: u64,
+    /// The image encoder's own warm-up, in steps of the schedule.
+    #[serde(default)]
+    pub vit_warmup: u64,
 }
 
 /// `min(1, (step + 1) / warmup)`; 1 without warm-up.
@@ -53,11 +64,25 @@ impl LrSchedule {
             timescale: training.timescale.unwrap_or(warmup),
             total,
             cooldown: training.cooldown,
+            offset: 0,
+            vit_warmup: training.vit_warmup.steps(total),
         }
     }
 
-    /// Multiplier of the base rate at `step`.
-    pub fn factor(&self, step: u64) -> f64 {
+    /// This schedule carried on by a stage of `total` planned steps with its own `cooldown`.
+    pub fn continued(&self, total: u64, cooldown: u64) -> Self {
+        LrSchedule {
+            total,
+            cooldown,
+            offset: self.offset + self.total,
+            ..*self
+        }
+    }
+
+    /// Multiplier of the base rate at stage step `stage_step`.
+    pub fn factor(&self, stage_step: u64) -> f64 {
+        // The schedule's own step: a continued stage carries on where the ones before ended.
+        let step = self.offset + stage_step;
         if step < self.warmup {
             return linear_warmup(step, self.warmup);
         }
@@ -71,8 +96,9 @@ impl LrSchedule {
                 let (w, t) = (self.warmup.max(1) as f64, self.timescale.max(1) as f64);
                 let decay = (t / (step as f64 + 1.0 - w + t)).sqrt();
                 let start = self.total.saturating_sub(self.cooldown);
-                let cool = if self.cooldown > 0 && step >= start {
-                    (self.total.saturating_sub(step) as f64 / self.cooldown as f64).clamp(0.0, 1.0)
+                let cool = if self.cooldown > 0 && stage_step >= start {
+                    let left = self.total.saturating_sub(stage_step);
+                    (left as f64 / self.cooldown as f64).clamp(0.0, 1.0)
                 } else {
                     1.0
                 };
@@ -81,8 +107,13 @@ impl LrSchedule {
         }
     }
 
-    /// The learning rate at `step`.
+    /// The learning rate at stage step `step`.
     pub fn lr(&self, step: u64) -> f64 {
         self.base * self.factor(step)
+    }
+
+    /// The image encoder's warm-up factor at stage step `step`.
+    pub fn vit_factor(&self, step: u64) -> f64 {
+        linear_warmup(self.offset + step, self.vit_warmup)
     }
 }

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use super::batch::{model_input, split_rows};
 use super::checkpoint::{FORMAT, RunState, load_run_checkpoint, save_run_checkpoint};
 use super::groups::{Group, GroupLrs, Groups};
+use super::schedule::LrSchedule;
 use super::siglip::{TextSide, Trained};
 use super::{Result, TrainError};
 use crate::config::PaliGemmaConfig;
@@ -175,6 +176,19 @@ pub fn check_tokenizer(
         }
     }
     Ok(())
+}
+
+/// Stage `stage`'s learning-rate schedule: its own, or, for a stage that `continues` the one
+/// before it, that stage's carried on after its planned steps.
+pub fn stage_schedule(mixture: &Mixture, stage: usize) -> Result<LrSchedule> {
+    let training = mixture.stage_training(stage);
+    let total = planned_steps(mixture, stage)?;
+    match stage.checked_sub(1) {
+        Some(before) if training.continues => {
+            Ok(stage_schedule(mixture, before)?.continued(total, training.cooldown))
+        }
+        _ => Ok(LrSchedule::from_training(&training, total)),
+    }
 }
 
 /// Planned optimiser steps of stage `stage`: its example budget over its batch size (an upper
@@ -448,8 +462,8 @@ impl Trainer {
                 self.stage_step = 0;
             }
             let name = self.stage_name(stage);
-            let training = self.mixture.stages[stage].training();
-            let stage_steps = planned_steps(&self.mixture, stage)?;
+            let training = self.mixture.stage_training(stage);
+            let schedule = stage_schedule(&self.mixture, stage)?;
             let pipeline_err = |source| TrainError::Pipeline {
                 stage: name.clone(),
                 source,
@@ -467,7 +481,7 @@ impl Trainer {
                 })?;
                 any = true;
                 let computed = Instant::now();
-                let stats = self.train_batch(&next.batch, &training, stage_steps)?;
+                let stats = self.train_batch(&next.batch, &training, &schedule)?;
                 // dfdx's buffer cache keeps every freed size for reuse and never evicts: batches
                 // of varying shapes would grow it without bound (24 GB in 60 quickstart steps).
                 self.model.dev.empty_cache();
@@ -483,7 +497,7 @@ impl Trainer {
                     stage,
                     stage_name: name.clone(),
                     stage_step: self.stage_step,
-                    stage_steps,
+                    stage_steps: schedule.total,
                     loss: stats.loss,
                     task_loss: stats.task_loss,
                     lr: stats.lr,
@@ -602,13 +616,13 @@ impl Trainer {
         super::siglip::loss_and_grads(&self.model, text, batch)
     }
 
-    /// One optimiser step on `batch` with the knobs of a stage of `stage_steps` planned steps
-    /// at the trainer's current stage step.
+    /// One optimiser step on `batch` with a stage's knobs and schedule at the trainer's current
+    /// stage step.
     pub fn train_batch(
         &mut self,
         batch: &Batch,
         training: &Training,
-        stage_steps: u64,
+        schedule: &LrSchedule,
     ) -> Result<StepStats> {
         let stage_name = self.stage_name(self.stage);
         let siglip = self
@@ -655,7 +669,7 @@ impl Trainer {
         };
         let decay = training.weight_decay;
         let lr = if siglip {
-            let lr = GroupLrs::siglip(training, self.stage_step, stage_steps);
+            let lr = GroupLrs::siglip(schedule, self.stage_step);
             let text = self.text.as_mut().expect("made by the siglip loss");
             text.optimizer.cfg.lr = lr.text;
             text.optimizer.cfg.weight_decay = decay;
@@ -665,7 +679,7 @@ impl Trainer {
                 .update(&mut self.model, &mut grads, &lr, decay, &groups);
             lr
         } else {
-            let lr = GroupLrs::at(training, self.stage_step, stage_steps);
+            let lr = GroupLrs::at(training, schedule, self.stage_step);
             let groups = Group::trained(training.freeze_vit);
             self.groups
                 .update(&mut self.model, &mut grads, &lr, decay, groups);

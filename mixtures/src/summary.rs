@@ -138,7 +138,11 @@ pub fn summary_table(mixture: &Mixture, ctx: &SummaryContext) -> String {
             stage.batch_size,
             training.lr,
             training.schedule,
-            if training.continues { " continued" } else { "" },
+            if training.continues {
+                " (continues the stage before)"
+            } else {
+                ""
+            },
             if spec.packing() { ", packed" } else { "" },
         );
         let mut rows = vec![

@@ -119,6 +119,9 @@ fn shipped_quickstart_preview() {
     );
     assert_eq!(table.matches("\nstage ").count() + 1, 3);
     assert!(table.contains(
+        "stage 1 \"reweight\": 112px (64 image tokens), text 48, batch 16, 768 examples, lr 1e-3 rsqrt (continues the stage before), packed"
+    ));
+    assert!(table.contains(
         "stage 2 \"transfer-vqa\": 112px (64 image tokens), text 48, batch 16, 256 examples, lr 1e-5 cosine"
     ));
 }

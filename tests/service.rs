@@ -543,6 +543,7 @@ fn appended_stages_continue_a_finished_run() {
         batch_size = 4
         budget = { examples = 12 }
         weights = { caption = 1 }
+        train = { continues = true }
     "#;
     let extended = serve.client.append_stages(run.run.id, more).unwrap();
     assert_eq!(extended.run.total_steps, 13);
@@ -555,6 +556,17 @@ fn appended_stages_continue_a_finished_run() {
         fx.metric_steps(&serve, run.run.id),
         (1..=13).collect::<Vec<_>>()
     );
+    // "c" carries stage "b"'s warm-up on (2e-5 over 1,000 steps) after b's 4 steps: its first
+    // step is the schedule's fifth, where a fresh warm-up would start again at its first.
+    let dir = serve.client.run(run.run.id).unwrap().run.dir;
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let first_of_c = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["stage_name"] == "c")
+        .unwrap();
+    let lr = first_of_c["lr"]["llm"].as_f64().unwrap();
+    assert!((lr - 2e-5 * 5.0 / 1000.0).abs() < 1e-15, "{lr}");
     // A stage that names an unknown task is refused with its key.
     let bad = serve
         .client

@@ -498,12 +498,8 @@ impl Checker<'_, '_> {
             ("llm_dropout", t.llm_dropout.is_some()),
             ("loss_norm", t.loss_norm.is_some()),
         ];
-        for (knob, set) in prefix_lm_knobs {
-            if set {
-                let path = key_path(&key_path(stage_path, "train"), knob);
-                self.error(path, Problem::SiglipKnob(knob));
-            }
-        }
+        let train = key_path(stage_path, "train");
+        self.refuse_set(&train, prefix_lm_knobs, Problem::SiglipKnob);
         for (task, _) in self.mixture.stage_weights(index).unwrap_or_default() {
             let images = self.mixture.images_per_example(&task);
             if images != 1 {
@@ -619,9 +615,19 @@ impl Checker<'_, '_> {
             ("timescale", t.timescale.is_some()),
             ("vit_warmup", t.vit_warmup.is_some()),
         ];
-        for (knob, set) in inherited {
+        self.refuse_set(path, inherited, Problem::ContinuedKnob);
+    }
+
+    /// An error at `train_path.knob` for each knob set where it does not apply.
+    fn refuse_set<const N: usize>(
+        &mut self,
+        train_path: &str,
+        knobs: [(&'static str, bool); N],
+        problem: fn(&'static str) -> Problem,
+    ) {
+        for (knob, set) in knobs {
             if set {
-                self.error(key_path(path, knob), Problem::ContinuedKnob(knob));
+                self.error(key_path(train_path, knob), problem(knob));
             }
         }
     }

@@ -181,7 +181,8 @@ pub fn check_tokenizer(
 /// Stage `stage`'s learning-rate schedule: its own, or, for a stage that `continues` the one
 /// before it, that stage's carried on after its planned steps.
 pub fn stage_schedule(mixture: &Mixture, stage: usize) -> Result<LrSchedule> {
-    let training = mixture.stage_training(stage);
+    // The stage's own knobs: what it continues comes from the schedule before it.
+    let training = mixture.stages[stage].training();
     let total = planned_steps(mixture, stage)?;
     match stage.checked_sub(1) {
         Some(before) if training.continues => {
